@@ -1,0 +1,194 @@
+"""The public Python API; the CLI is a thin layer over it.
+
+    >>> import autotransfer
+    >>> result = autotransfer.search(task="text-cls", data="reviews.csv", num_samples=8)  # doctest: +SKIP
+    >>> result.best.backbone, result.test_metrics["accuracy"]                            # doctest: +SKIP
+
+Flow: settings -> data, space and backbones validated (nothing written yet) ->
+preprocessing once -> Ray Tune search -> trial records -> best exported and
+tested -> results and report written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from rich.console import Console
+
+from autotransfer.errors import UserError
+from autotransfer.results import TrialRecord, rank, record_from_result, save_results
+from autotransfer.settings import SearchSettings
+from autotransfer.space import SearchSpace, load_space
+from autotransfer.tasks import BackboneInfo, get_task
+
+#: files that mark a folder as holding a run
+RUN_MARKERS = ("settings.json", "results.json", "tune")
+
+
+class SearchFailed(RuntimeError):
+    """Every trial failed; the message says why (exit code 1)."""
+
+
+@dataclass
+class SearchResult:
+    """What a finished search produced."""
+
+    output: Path
+    records: list[TrialRecord]
+    best: Optional[TrialRecord]
+    best_dir: Optional[Path]
+    test_metrics: dict[str, float]
+    report: Optional[Path]
+    dashboard_url: Optional[str] = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def leaderboard(self) -> list[TrialRecord]:
+        return self.records
+
+
+def search(settings: Optional[SearchSettings] = None, *, console: Optional[Console] = None,
+           **kwargs: Any) -> SearchResult:
+    """Run a search. Pass a :class:`SearchSettings` or its fields as keyword arguments
+    (the same names as the CLI options: ``task``, ``data``, ``num_samples``...)."""
+    if settings is None:
+        settings = SearchSettings(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either a SearchSettings or keyword arguments, not both")
+    return _Search(settings, console or Console(stderr=True)).run()
+
+
+def check_output(settings: SearchSettings) -> None:
+    """Refuse an output folder that holds an earlier run (unless ``overwrite``) or cannot be written."""
+    out = settings.output
+    assert out is not None
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output: {out} exists and is not a folder")
+    if out.is_dir() and any((out / m).exists() for m in RUN_MARKERS) and not settings.overwrite:
+        raise UserError(f"--output: {out} already holds a run; pass --overwrite to replace it or choose another "
+                        "--output/--run-name")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--output: {parent} is not writable")
+
+
+class _Search:
+    def __init__(self, settings: SearchSettings, console: Console):
+        self.s, self.console = settings, console
+        self.task = get_task(settings.task)
+
+    def log(self, msg: str) -> None:
+        self.console.print(msg, highlight=False, soft_wrap=True)
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> tuple[SearchSpace, Any, dict[str, BackboneInfo]]:
+        s = self.s
+        check_output(s)
+        space = load_space(s.space).restrict(s.backbones, s.strategies)  # type: ignore[arg-type]
+        if space.task and space.task != s.task:
+            raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")
+        splits = self.task.load_data(s)
+        backbones = {name: self.task.describe_backbone(name, s) for name in space.backbones}
+        needs_layers = [n for n in ("freeze",) if n in space.strategies]
+        for name, bb in backbones.items():
+            if needs_layers and bb.num_layers == 0:
+                raise UserError(f"backbone {name!r}: no repeated layers found, so strategy 'freeze' cannot apply; "
+                                "drop it with --strategies")
+        return space, splits, backbones
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> SearchResult:
+        from autotransfer.export import export_best
+        from autotransfer.live import LiveLeaderboard
+        from autotransfer.report import write_report
+        from autotransfer.runner import run_tune, start_ray
+        from autotransfer.training import TrialContext
+
+        s = self.s
+        t_start = time.perf_counter()
+        space, splits, backbones = self.validate()
+        summary = splits.summary()
+        self.log(f"data: {len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test "
+                 f"rows, {splits.num_labels} classes")
+        prepared, prep = self.task.prepare(list(backbones.values()), splits, s)
+        self.log(f"prepared {len(backbones)} backbone(s) with {prep.distinct} distinct preprocessing(s) "
+                 f"in {prep.seconds:.1f}s")
+
+        # inputs are valid: only now is anything written
+        out = s.output
+        assert out is not None
+        if s.overwrite and out.is_dir():
+            for m in RUN_MARKERS + ("results.csv", "leaderboard.html", "best", "test_metrics.json"):
+                p = out / m
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "settings.json").write_text(json.dumps(s.to_dict(), indent=2))
+
+        cluster = start_ray(s)
+        hint = cluster.dashboard_hint()
+        self.log(f"Ray: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs"
+                 + (f"; dashboard {hint}" if hint else ""))
+        ctx = TrialContext(task=s.task, backbones=backbones, prepared=prepared, label_names=splits.label_names,
+                           metric=s.metric, max_epochs=s.max_epochs, evals_per_epoch=s.evals_per_epoch,
+                           precision=s.precision, threads=s.torch_threads, seed=s.seed,
+                           use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code)
+        meta: dict[str, Any] = {
+            "run_name": s.run_name, "task": s.task, "metric": s.metric, "command": s.command,
+            "data": summary, "space": space.to_dict(), "dashboard": cluster.dashboard_url,
+            "preparation": prep.to_dict(),
+            "engine": {"sampler": s.sampler, "scheduler": "asha", "max_epochs": s.max_epochs,
+                       "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
+                       "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed},
+        }
+        live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console)
+        live.start()
+        try:
+            grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, cluster, [live])
+        finally:
+            live.stop()
+        records = rank(record_from_result(r, s.metric, s.max_iterations) for r in grid)
+        meta["wall_time_s"] = time.perf_counter() - t_start
+        meta["first_result_s"] = live.first_result_s
+        meta["trial_hours"] = sum(r.wall_time_s for r in records) / 3600
+        best = next((r for r in records if r.ok and r.checkpoint), None)
+        if best is None:
+            save_results(out, records, s.metric, meta)
+            write_report(out, records, meta)
+            reasons = sorted({r.error or "no result" for r in records})
+            raise SearchFailed(f"every trial failed ({len(records)}); first reason: {reasons[0]}")
+
+        best_dir = out / "best"
+        self.log(f"exporting trial {best.trial_id} ({best.backbone}, {best.strategy}) to {best_dir}")
+        tested = export_best(best, ctx, best_dir)
+        meta["test"] = tested
+        meta["best_trial"] = best.trial_id
+        meta["wall_time_s"] = time.perf_counter() - t_start
+        (out / "test_metrics.json").write_text(json.dumps(tested["test_metrics"], indent=2))
+        if not s.keep_checkpoints:
+            _prune_checkpoints(out / "tune", keep=best.checkpoint)
+        save_results(out, records, s.metric, meta)
+        report = write_report(out, records, meta)
+        return SearchResult(output=out, records=records, best=best, best_dir=best_dir,
+                            test_metrics=tested["test_metrics"], report=report, dashboard_url=cluster.dashboard_url,
+                            stats={"preparation": prep.to_dict(), "wall_time_s": meta["wall_time_s"],
+                                   "first_result_s": live.first_result_s})
+
+
+def _prune_checkpoints(tune_dir: Path, keep: Optional[str]) -> None:
+    """Delete every trial checkpoint but the exported one (bounded disk use)."""
+    keep_path = Path(keep).resolve() if keep else None
+    for ckpt in tune_dir.glob("*/checkpoint_*"):
+        if ckpt.is_dir() and ckpt.resolve() != keep_path:
+            shutil.rmtree(ckpt, ignore_errors=True)

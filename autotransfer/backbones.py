@@ -1,0 +1,106 @@
+"""Backbone helpers shared by tasks: where a backbone comes from, and its layer layout.
+
+Hub ids and local folders go through the same loaders; this module only decides
+which one a name is and explains, in one line, when neither works.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Optional
+
+from torch import nn
+
+from autotransfer.strategies.base import ModelBundle
+
+
+def local_folder(name: str) -> Optional[Path]:
+    """The absolute folder a backbone name points at, or None for a hub id."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    if name.startswith(("./", "../", "/", "~")):
+        return p.resolve()  # meant as a path even if missing: the caller reports it
+    return None
+
+
+def display_name(name: str) -> str:
+    """A short name for tables: a folder's own name, a hub id as is."""
+    return Path(name).name if name.startswith(("/", "./", "../", "~")) else name
+
+
+def offline_hint(name: str, exc: BaseException) -> str:
+    """One line explaining why a hub backbone could not be loaded."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"backbone {name!r} is neither a local folder nor loadable from the model hub "
+            f"(offline or no cached copy? {first[:160]}); download it once or pass a local folder "
+            "with --backbones")
+
+
+def find_block_list(model: nn.Module, skip: Iterable[str] = ()) -> Optional[str]:
+    """Name of the module list holding the backbone's repeated blocks.
+
+    The largest ``nn.ModuleList``/``nn.Sequential`` (by parameter count) whose children are all
+    of one class and own parameters: transformer layers for BERT-like encoders, found without
+    per-architecture tables.
+    """
+    skip = tuple(skip)
+    best, best_size = None, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 1:
+            continue
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size > best_size:
+            best, best_size = name, size
+    return best
+
+
+def layout(model: nn.Module, head: list[str], block_of: dict[str, int], num_blocks: int,
+           lora_targets: list[str]) -> ModelBundle:
+    """Split the backbone's parameters into stem, blocks and tail around ``block_of``.
+
+    ``block_of`` maps parameter names to block indices; parameters before the first
+    block (in registration order) form the stem, those after the last the tail.
+    """
+    head_set = set(head)
+    blocks: list[list[str]] = [[] for _ in range(num_blocks)]
+    stem: list[str] = []
+    tail: list[str] = []
+    seen_block = False
+    for name, _ in model.named_parameters():
+        if name in head_set:
+            continue
+        if name in block_of:
+            blocks[block_of[name]].append(name)
+            seen_block = True
+        elif seen_block:
+            tail.append(name)
+        else:
+            stem.append(name)
+    head_modules = sorted({n.rsplit(".", 1)[0] for n in head})
+    return ModelBundle(model=model, head=list(head), stem=stem, blocks=[b for b in blocks if b], tail=tail,
+                       lora_targets=lora_targets, head_modules=head_modules)
+
+
+def blocks_by_list(model: nn.Module, list_name: str) -> tuple[dict[str, int], int]:
+    """Map each parameter under ``list_name.<i>.`` to block ``i``."""
+    pattern = re.compile(re.escape(list_name) + r"\.(\d+)\.")
+    block_of = {}
+    for name, _ in model.named_parameters():
+        m = pattern.match(name)
+        if m:
+            block_of[name] = int(m.group(1))
+    n = len(model.get_submodule(list_name))
+    return block_of, n
+
+
+def linear_leaf_names(module: nn.Module) -> list[str]:
+    """Distinct last-name components of the Linear layers inside ``module`` (LoRA targets)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in module.named_modules()
+                   if isinstance(m, nn.Linear) and name})

@@ -1,0 +1,190 @@
+"""Command line: ``autotransfer search | predict | report``.
+
+Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from autotransfer.errors import UserError
+from autotransfer.settings import METRICS, PRECISIONS, SAMPLERS, TASKS
+
+SEARCH_EXAMPLES = """\
+examples:
+  # the shipped example: SST-2 sentences with the two local MiniLM backbones
+  autotransfer search --task text-cls --data examples/sst2-mini \\
+      --space search_spaces/text-cls-local.yaml --num-samples 8
+
+  # your own CSV; backbones from the hub (or local folders)
+  autotransfer search --task text-cls --data reviews.csv --text-col review --label-col stars \\
+      --backbones distilbert-base-uncased,roberta-base --num-samples 20 --gpus-per-trial 0.5
+
+  # only LoRA and full fine-tuning, 30 minutes at most
+  autotransfer search --task text-cls --data data/ --strategies lora,full --time-budget 1800
+
+The best model lands in <output>/best: transformers.pipeline("text-classification", model=<output>/best).
+"""
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search backbone x strategy x hyperparameters",
+                       description="Search backbone x transfer strategy x hyperparameters with Optuna + ASHA "
+                                   "on Ray Tune, then export the best model and a leaderboard.",
+                       epilog=SEARCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to search")
+    g.add_argument("--task", required=True, choices=TASKS)
+    g.add_argument("--data", required=True, type=Path,
+                   help="a CSV/TSV/JSONL file, or a folder with train/validation(dev)/test files")
+    g.add_argument("--space", type=Path, help="search space YAML (default: search_spaces/<task>.yaml)")
+    g.add_argument("--backbones", help="comma-separated backbones replacing the space's (hub ids or folders)")
+    g.add_argument("--strategies", help="comma-separated subset: linear_probe,freeze,full,lora")
+    g.add_argument("--metric", default="accuracy", choices=METRICS, help="validation metric to maximise")
+    d = p.add_argument_group("data")
+    d.add_argument("--text-col", help="text column (default: detected: text, sentence, ...)")
+    d.add_argument("--text-pair-col", help="second text column for sentence pairs")
+    d.add_argument("--label-col", help="label column (default: detected: label, category, ...)")
+    d.add_argument("--val-frac", type=float, default=0.1, help="validation share when no validation file")
+    d.add_argument("--test-frac", type=float, default=0.1, help="test share when no test file")
+    d.add_argument("--max-length", type=int, help="token limit (default: 99th percentile of the data)")
+    e = p.add_argument_group("search engine")
+    e.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
+    e.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources hold)")
+    e.add_argument("--time-budget", type=float, dest="time_budget_s", help="stop starting trials after N seconds")
+    e.add_argument("--cpus-per-trial", type=float, default=1.0)
+    e.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
+    e.add_argument("--sampler", default="tpe", choices=SAMPLERS)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-epochs", type=int, default=3)
+    e.add_argument("--evals-per-epoch", type=int, default=2, help="validation rounds per epoch (ASHA rungs)")
+    e.add_argument("--grace-period", type=float, default=1.0, help="epochs before ASHA may stop a trial")
+    e.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA keeps 1/N of trials per rung")
+    e.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto = bf16/fp16 autocast on GPU, fp32 on CPU")
+    o = p.add_argument_group("cluster and output")
+    o.add_argument("--address", help="existing Ray cluster (auto, HOST:PORT, ray://HOST:10001)")
+    o.add_argument("--no-dashboard", dest="dashboard", action="store_false", help="don't start the Ray dashboard")
+    o.add_argument("--output", type=Path, help="run folder (default: reports/<run-name>)")
+    o.add_argument("--run-name")
+    o.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
+    o.add_argument("--keep-checkpoints", action="store_true", help="keep every trial's best checkpoint")
+    o.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    o.add_argument("--verbose", action="store_true", help="show Ray's and the trials' logs")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict labels with an exported model",
+                       epilog="example:\n  autotransfer predict --model reports/<run>/best --data new.csv "
+                              "--output predictions.csv", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, type=Path, help="a folder exported by `search` (<run>/best)")
+    p.add_argument("--data", required=True, type=Path, help="CSV/TSV/JSONL with a text column")
+    p.add_argument("--text-col")
+    p.add_argument("--output", type=Path, help="where to write predictions (default: stdout as CSV)")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild leaderboard.html from a run's saved results",
+                       epilog="example:\n  autotransfer report reports/<run>",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autotransfer",
+        description="Turn a pretrained model into a good classifier for your data: search backbone x transfer "
+                    "strategy (linear probe, freeze depth, full, LoRA) x hyperparameters.",
+        epilog="run `autotransfer search --help` for examples",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_search(sub)
+    _add_predict(sub)
+    _add_report(sub)
+    return parser
+
+
+def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from autotransfer.api import search
+    from autotransfer.settings import SearchSettings
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
+    settings = SearchSettings(**fields, command="autotransfer " + shlex.join(argv))
+    result = search(settings)
+    best = result.best
+    assert best is not None
+    print(f"\nbest: {best.backbone} / {best.strategy}  validation {settings.metric} {best.best_metric:.4f}  "
+          f"test {settings.metric} {result.test_metrics[settings.metric]:.4f}")
+    print(f"config: {best.config}")
+    print(f"model:  {result.best_dir}")
+    print(f"report: {result.report}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from autotransfer.predict import predict_rows
+
+    rows = predict_rows(args.model, args.data, text_col=args.text_col, batch_size=args.batch_size)
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        writer = None
+        for row in rows:
+            if writer is None:
+                writer = csv.DictWriter(out, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        print(f"predictions written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from autotransfer.report import write_report
+    from autotransfer.results import load_results
+
+    if not (args.run / "results.json").is_file():
+        raise UserError(f"{args.run}: no results.json here; is it a run folder?")
+    records, meta = load_results(args.run)
+    print(write_report(args.run, records, meta))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "search":
+            return _cmd_search(args, argv)
+        if args.command == "predict":
+            return _cmd_predict(args)
+        return _cmd_report(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"autotransfer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("autotransfer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # SearchFailed and unexpected errors: one line, exit 1
+        if args.debug:
+            raise
+        from autotransfer.results import one_line
+
+        print(f"autotransfer: {type(exc).__name__}: {one_line(exc)} (run with --debug for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

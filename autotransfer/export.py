@@ -1,0 +1,57 @@
+"""Export the best trial: rebuild it from its checkpoint, save it in its library's format, test it.
+
+The checkpoint holds only the trial's trainable tensors; the frozen rest comes
+from the backbone.  The exported folder is what the library itself reads
+(``save_pretrained`` for transformers, ``save_for_hf`` for timm), plus two
+sidecars: ``label_map.json`` and ``autotransfer.json`` (config and metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from autotransfer.metrics import per_class_report
+from autotransfer.results import TrialRecord
+from autotransfer.tasks import get_task
+from autotransfer.training import TrialContext, autocast_dtype, build_trial_model, device_for, evaluate, load_trainable
+
+LABEL_MAP = "label_map.json"
+SIDECAR = "autotransfer.json"
+
+
+def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: int = 64) -> dict[str, Any]:
+    """Write ``out`` (the best model folder) and return its test metrics and per-class report."""
+    if record.checkpoint is None:
+        raise RuntimeError(f"trial {record.trial_id} left no checkpoint to export")
+    task = get_task(ctx.task)
+    backbone = ctx.backbones[record.backbone]
+    strategy, adapted = build_trial_model(task, backbone, ctx.label_names, record.config, ctx.trust_remote_code)
+    load_trainable(adapted.model, record.checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside peft/transformers
+        model = strategy.finalize(adapted.model)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    task.export(model, backbone, ctx.label_names, tmp)
+    device = device_for(ctx.use_gpu)
+    model.to(device)
+    prepared = ctx.prepared[backbone.name]
+    metrics, preds = evaluate(model, task, prepared, "test", batch_size, device, autocast_dtype(ctx.precision, device))
+    y_true = task.labels(prepared, "test")
+    report = per_class_report(y_true, preds, ctx.label_names)
+    (tmp / LABEL_MAP).write_text(json.dumps({"id2label": dict(enumerate(ctx.label_names)),
+                                             "label2id": {n: i for i, n in enumerate(ctx.label_names)}}, indent=2))
+    (tmp / SIDECAR).write_text(json.dumps({
+        "task": ctx.task, "backbone": backbone.name, "backbone_source": backbone.source,
+        "trial_id": record.trial_id, "config": record.config, "validation_metric": record.best_metric,
+        "test_metrics": metrics,
+    }, indent=2, default=str))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return {"test_metrics": metrics, **report}

@@ -1,0 +1,127 @@
+"""The live leaderboard in the terminal: a Ray Tune callback drawing a rich table.
+
+On a terminal the table refreshes in place as trials report; elsewhere (CI, logs)
+one line is printed per finished trial.  The ranking rule is the same as in the
+saved results and the HTML report.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Optional
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from autotransfer.backbones import display_name
+from autotransfer.results import COMPLETED, FAILED, RUNNING, STOPPED, one_line
+
+
+class LiveLeaderboard(Callback):
+    """Tracks every trial's best validation metric and shows the ranking."""
+
+    def __init__(self, metric: str, max_iterations: int, num_samples: int, console: Optional[Console] = None,
+                 on_trial_end: Optional[Callable[[], None]] = None, rows: int = 15):
+        self.metric, self.max_iterations, self.num_samples = metric, max_iterations, num_samples
+        self.console = console or Console(stderr=True)
+        self.rows = rows
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.on_trial_end = on_trial_end
+        self._live: Optional[Live] = None
+        self._start = time.monotonic()
+        self.first_result_s: Optional[float] = None
+
+    # Ray pickles the run config (callbacks included) for Tuner.restore: drop the terminal handles
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(console=None, _live=None, on_trial_end=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.console is None:
+            self.console = Console(stderr=True)
+
+    # ----------------------------------------------------------------- state
+    def _entry(self, trial: Any) -> dict[str, Any]:
+        entry = self.trials.get(trial.trial_id)
+        if entry is None:
+            cfg = trial.config or {}
+            entry = {"id": trial.trial_id, "backbone": display_name(str(cfg.get("backbone", "?"))),
+                     "strategy": str(cfg.get("strategy", "?")), "best": -math.inf, "epoch": 0.0,
+                     "status": RUNNING, "error": None}
+            self.trials[trial.trial_id] = entry
+        return entry
+
+    def ranked(self) -> list[dict[str, Any]]:
+        return sorted(self.trials.values(), key=lambda e: (e["status"] == FAILED, -e["best"]))
+
+    # --------------------------------------------------------- tune callbacks
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.first_result_s is None:
+            self.first_result_s = time.monotonic() - self._start
+        e = self._entry(trial)
+        value = result.get(self.metric)
+        if value is not None and value > e["best"]:
+            e["best"] = float(value)
+        e["epoch"] = float(result.get("epoch", e["epoch"]))
+        e["iterations"] = int(result.get("training_iteration", 0))
+        self._refresh()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        e = self._entry(trial)
+        done = int((trial.last_result or {}).get("training_iteration", 0))
+        e["status"] = COMPLETED if done >= self.max_iterations else STOPPED
+        self._finished(e)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        e = self._entry(trial)
+        e["status"] = FAILED
+        err = getattr(trial, "error_file", None)
+        e["error"] = one_line(open(err).read()) if err else "error"
+        self._finished(e)
+
+    def _finished(self, e: dict[str, Any]) -> None:
+        if not self.console.is_terminal:
+            best = "-" if e["best"] == -math.inf else f"{e['best']:.4f}"
+            done = sum(1 for t in self.trials.values() if t["status"] != RUNNING)
+            leader = self.ranked()[0]
+            lead = "-" if leader["best"] == -math.inf else f"{leader['best']:.4f}"
+            extra = f" ({e['error']})" if e["error"] else ""
+            self.console.print(f"[{done}/{self.num_samples}] {e['id']} {e['backbone']} {e['strategy']}: "
+                               f"{e['status']}{extra}, best {self.metric} {best}; leader {lead}",
+                               highlight=False, markup=False, soft_wrap=True)
+        self._refresh()
+        if self.on_trial_end is not None:
+            self.on_trial_end()
+
+    # ---------------------------------------------------------------- drawing
+    def table(self) -> Table:
+        done = sum(1 for t in self.trials.values() if t["status"] != RUNNING)
+        t = Table(title=f"autotransfer leaderboard - {done}/{self.num_samples} trials done, "
+                        f"{time.monotonic() - self._start:.0f}s", title_justify="left")
+        for col in ("#", "trial", "backbone", "strategy", f"best {self.metric}", "epoch", "status"):
+            t.add_column(col, overflow="fold")
+        for i, e in enumerate(self.ranked()[: self.rows], 1):
+            best = "-" if e["best"] == -math.inf else f"{e['best']:.4f}"
+            status = e["status"] if e["status"] != FAILED else f"failed: {e['error'] or ''}"[:60]
+            t.add_row(str(i), e["id"], e["backbone"], e["strategy"], best, f"{e['epoch']:.2f}", status)
+        return t
+
+    def start(self) -> None:
+        if self.console.is_terminal:
+            self._live = Live(self.table(), console=self.console, refresh_per_second=2, transient=False)
+            self._live.start()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.update(self.table())
+            self._live.stop()
+            self._live = None
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.table())

@@ -1,0 +1,156 @@
+"""Trial records: what each trial did, ranked, saved as ``results.csv``/``results.json``.
+
+Records are built from Ray Tune's results and are the single source for the
+terminal leaderboard, the HTML report and the export of the best trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+
+COMPLETED, STOPPED, FAILED, RUNNING = "completed", "stopped_early", "failed", "running"
+#: config keys that are not hyperparameters
+_NOT_PARAMS = {"backbone", "strategy"}
+
+
+@dataclass
+class TrialRecord:
+    """One trial of a search."""
+
+    trial_id: str
+    backbone: str
+    strategy: str
+    params: dict[str, Any]
+    status: str
+    iterations: int
+    epochs: float
+    best_metric: Optional[float]
+    best_epoch: Optional[float]
+    wall_time_s: float
+    trainable_params: Optional[int]
+    total_params: Optional[int]
+    error: Optional[str] = None
+    #: validation metric after each evaluation: [[epoch, value], ...]
+    history: list[list[float]] = field(default_factory=list)
+    checkpoint: Optional[str] = None
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    rank: Optional[int] = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "strategy": self.strategy, **self.params}
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAILED and self.best_metric is not None
+
+
+def one_line(error: Any) -> str:
+    """The last meaningful line of an exception or traceback text, e.g. ``TrialFailed: loss became NaN``."""
+    text = str(error).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "^", "~", "raise ", "return ")) and ":" in ln:
+            return ln[:300]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRecord:
+    """A :class:`TrialRecord` from a ``ray.tune.Result``."""
+    metrics = dict(result.metrics or {})
+    config = dict(result.config or {})
+    df = result.metrics_dataframe
+    history: list[list[float]] = []
+    if df is not None and metric in getattr(df, "columns", []):
+        rows = df[["epoch", metric]].dropna()
+        history = [[float(e), float(v)] for e, v in zip(rows["epoch"], rows[metric])]
+    best_metric = best_epoch = None
+    if history:
+        best_epoch, best_metric = max(history, key=lambda ev: ev[1])
+    iterations = int(metrics.get("training_iteration", len(history)) or 0)
+    if result.error is not None:
+        status, error = FAILED, one_line(result.error)
+    elif iterations >= max_iterations:
+        status, error = COMPLETED, None
+    else:
+        status, error = STOPPED, None
+    checkpoint = None
+    best_ckpts = getattr(result, "best_checkpoints", None) or []
+    if best_ckpts:
+        checkpoint = max(best_ckpts, key=lambda cm: cm[1].get(metric, -math.inf))[0].path
+    elif result.checkpoint is not None:
+        checkpoint = result.checkpoint.path
+    trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
+    keep = ("val_loss", "train_loss", "samples_per_s", metric)
+    return TrialRecord(
+        trial_id=trial_id,
+        backbone=str(config.get("backbone", "?")),
+        strategy=str(config.get("strategy", "?")),
+        params={k: v for k, v in config.items() if k not in _NOT_PARAMS},
+        status=status,
+        iterations=iterations,
+        epochs=float(metrics.get("epoch", 0.0) or 0.0),
+        best_metric=best_metric,
+        best_epoch=best_epoch,
+        wall_time_s=float(metrics.get("time_total_s", 0.0) or 0.0),
+        trainable_params=_int_or_none(metrics.get("trainable_params")),
+        total_params=_int_or_none(metrics.get("total_params")),
+        error=error,
+        history=history,
+        checkpoint=checkpoint,
+        last_metrics={k: metrics[k] for k in keep if k in metrics},
+    )
+
+
+def _int_or_none(v: Any) -> Optional[int]:
+    try:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def rank(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Best first: by best validation metric; failed trials last. Sets ``rank`` (1-based)."""
+    ordered = sorted(records, key=lambda r: (not r.ok, -(r.best_metric if r.best_metric is not None else -math.inf),
+                                             r.wall_time_s))
+    for i, r in enumerate(ordered, 1):
+        r.rank = i
+    return ordered
+
+
+def to_frame(records: list[TrialRecord], metric: str) -> pd.DataFrame:
+    """One row per trial with hyperparameters as ``param.<name>`` columns."""
+    rows = []
+    for r in records:
+        row = {
+            "rank": r.rank, "trial_id": r.trial_id, "backbone": r.backbone, "strategy": r.strategy,
+            f"best_{metric}": r.best_metric, "best_epoch": r.best_epoch, "status": r.status,
+            "epochs": r.epochs, "iterations": r.iterations, "wall_time_s": round(r.wall_time_s, 2),
+            "trainable_params": r.trainable_params, "total_params": r.total_params, "error": r.error,
+        }
+        row.update({f"param.{k}": v for k, v in r.params.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save_results(out: Path, records: list[TrialRecord], metric: str, extra: Optional[dict[str, Any]] = None) -> None:
+    """Write ``results.csv`` and ``results.json`` (records plus run metadata)."""
+    out.mkdir(parents=True, exist_ok=True)
+    to_frame(records, metric).to_csv(out / "results.csv", index=False)
+    payload = {"metric": metric, **(extra or {}), "trials": [asdict(r) for r in records]}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(out / "results.json")
+
+
+def load_results(out: Path) -> tuple[list[TrialRecord], dict[str, Any]]:
+    """Read ``results.json`` back: (records, metadata)."""
+    payload = json.loads((out / "results.json").read_text())
+    records = [TrialRecord(**t) for t in payload.pop("trials")]
+    return records, payload

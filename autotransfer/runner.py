@@ -1,0 +1,152 @@
+"""The Ray Tune runner: Optuna proposes, ASHA stops, Ray schedules.
+
+Local Ray is started on demand (dashboard on 127.0.0.1); ``--address`` joins an
+existing cluster instead.  Prepared data reaches the trials once, through the
+object store (``tune.with_parameters``), never through the config dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from autotransfer.errors import UserError
+from autotransfer.settings import SearchSettings, local_cpu_count
+from autotransfer.space import SearchSpace
+from autotransfer.training import TrialContext, run_trial
+
+MODE = "max"
+
+
+@dataclass
+class Cluster:
+    """The Ray cluster a search runs on."""
+
+    address: Optional[str]
+    dashboard_url: Optional[str]
+    cpus: float
+    gpus: float
+    started_here: bool
+
+    def dashboard_hint(self) -> Optional[str]:
+        if not self.dashboard_url:
+            return None
+        url = self.dashboard_url if self.dashboard_url.startswith("http") else f"http://{self.dashboard_url}"
+        if os.environ.get("RAY_AUTH_MODE", "token").lower() == "token":
+            return f"{url} (sign in with the token from `ray get-auth-token`, stored in ~/.ray/auth_token)"
+        return url
+
+
+def start_ray(settings: SearchSettings) -> Cluster:
+    """Connect to ``settings.address`` or start a local Ray; reuse one already running in this process."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # the live leaderboard is the progress display: no Ray Tune banners or status tables
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # num_to_keep forces a (small) experiment snapshot per checkpoint; that is intended, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = dict(
+            address=settings.address,
+            include_dashboard=settings.dashboard,
+            dashboard_host="127.0.0.1",
+            logging_level=logging.INFO if settings.verbose else logging.WARNING,
+            log_to_driver=settings.verbose,
+            configure_logging=True,
+        )
+        if settings.address is None:
+            kwargs["num_cpus"] = local_cpu_count()
+        try:
+            ctx = ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise UserError(f"--address {settings.address}: cannot connect to a Ray cluster ({exc})") from None
+        started = True
+        dashboard = getattr(ctx, "dashboard_url", None) or None
+    else:
+        dashboard = None  # a Ray started by the caller: its dashboard is theirs to report
+    resources = ray.cluster_resources()
+    return Cluster(address=settings.address, dashboard_url=dashboard if settings.dashboard else None,
+                   cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), started_here=started)
+
+
+def concurrency(settings: SearchSettings, cluster: Cluster) -> int:
+    """How many trials run at once: what the cluster holds, capped by ``--max-concurrent``."""
+    if settings.cpus_per_trial > cluster.cpus:
+        raise UserError(f"--cpus-per-trial {settings.cpus_per_trial:g} is more than the cluster has "
+                        f"({cluster.cpus:g} CPUs); lower it")
+    if settings.gpus_per_trial > 0 and settings.gpus_per_trial > cluster.gpus:
+        raise UserError(f"--gpus-per-trial {settings.gpus_per_trial:g} but the cluster has "
+                        f"{cluster.gpus:g} GPUs; use --gpus-per-trial 0 or a GPU cluster")
+    fit = math.floor(cluster.cpus / settings.cpus_per_trial + 1e-9)
+    if settings.gpus_per_trial > 0:
+        fit = min(fit, math.floor(cluster.gpus / settings.gpus_per_trial + 1e-9))
+    fit = max(1, min(fit, settings.num_samples))
+    if settings.max_concurrent is not None:
+        return min(fit, settings.max_concurrent)
+    return fit
+
+
+def make_sampler(name: str, seed: int, num_samples: int) -> Any:
+    """The Optuna sampler behind ``--sampler`` (seeded)."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, num_samples // 3)))
+    # TPE: grouped multivariate TPE models conditional spaces (lora_r only with lora) properly;
+    # constant_liar keeps parallel trials from proposing the same point
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=min(10, max(2, num_samples // 3)))
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default embeds the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
+def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, num_layers: Mapping[str, int],
+             cluster: Cluster, callbacks: list[Any]) -> Any:
+    """Run the search and return Ray Tune's ``ResultGrid``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    # a define-by-run space makes OptunaSearch ignore TuneConfig's metric: give it (and ASHA) their own
+    searcher = OptunaSearch(space=space.define_by_run(num_layers), metric=settings.metric, mode=MODE,
+                            sampler=make_sampler(settings.sampler, settings.seed, settings.num_samples))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_iterations,
+                              metric=settings.metric, mode=MODE,
+                              grace_period=min(settings.grace_iterations, settings.max_iterations),
+                              reduction_factor=settings.reduction_factor)
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler,
+            num_samples=settings.num_samples, max_concurrent_trials=concurrency(settings, cluster),
+            time_budget_s=settings.time_budget_s, reuse_actors=True, trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(settings.output),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
+                                                    checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+            callbacks=callbacks,
+        ),
+    )
+    return tuner.fit()

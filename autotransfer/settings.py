@@ -1,0 +1,182 @@
+"""One validated settings object for a search.
+
+The CLI and :func:`autotransfer.search` both build a :class:`SearchSettings`;
+everything downstream reads it and never re-validates.  Validation happens in
+``__post_init__`` and raises :class:`~autotransfer.errors.UserError` with a
+message that names the offending option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from autotransfer.errors import UserError
+
+#: Metrics a search can optimise (all are "higher is better").
+METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mcc")
+SAMPLERS = ("tpe", "random", "gp", "qmc")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TASKS = ("text-cls", "image-cls")
+
+_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def default_space_path(task: str) -> Path:
+    """The search space shipped for ``task`` (``search_spaces/<task>.yaml``)."""
+    return _SPACES_DIR / f"{task}.yaml"
+
+
+def _split_list(value: Any) -> Optional[list[str]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    else:
+        items = [str(v).strip() for v in value]
+    items = [v for v in items if v]
+    return items or None
+
+
+@dataclass
+class SearchSettings:
+    """Everything one search needs, validated once.
+
+    Paths are resolved to absolute paths so that Ray workers (which run in
+    their own working directories) see the same files.
+    """
+
+    task: str
+    data: Path
+    space: Optional[Path] = None
+    backbones: Optional[list[str]] = None
+    strategies: Optional[list[str]] = None
+    # data
+    text_col: Optional[str] = None
+    text_pair_col: Optional[str] = None
+    label_col: Optional[str] = None
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    max_length: Optional[int] = None
+    # search engine
+    num_samples: int = 8
+    max_concurrent: Optional[int] = None
+    time_budget_s: Optional[float] = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    metric: str = "accuracy"
+    sampler: str = "tpe"
+    seed: int = 0
+    max_epochs: int = 3
+    evals_per_epoch: int = 2
+    grace_period: float = 1.0
+    reduction_factor: float = 2.0
+    precision: str = "auto"
+    # cluster / output
+    address: Optional[str] = None
+    dashboard: bool = True
+    output: Optional[Path] = None
+    run_name: Optional[str] = None
+    overwrite: bool = False
+    keep_checkpoints: bool = False
+    trust_remote_code: bool = False
+    verbose: bool = False
+    #: the command line that produced these settings, for the report
+    command: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UserError(f"--task: unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        self.data = Path(self.data).expanduser().resolve()
+        if not self.data.exists():
+            raise UserError(f"--data: {self.data} does not exist")
+        self.space = Path(self.space).expanduser().resolve() if self.space else default_space_path(self.task)
+        if not self.space.is_file():
+            raise UserError(f"--space: search space file {self.space} does not exist")
+        self.backbones = _split_list(self.backbones)
+        self.strategies = _split_list(self.strategies)
+        for name in ("val_frac", "test_frac"):
+            v = getattr(self, name)
+            if not (0.0 <= v < 0.9):
+                raise UserError(f"--{name.replace('_', '-')}: must be in [0, 0.9), got {v}")
+        if self.val_frac + self.test_frac >= 0.9:
+            raise UserError("--val-frac plus --test-frac must leave at least 10% of the data for training")
+        self._positive_int("num_samples")
+        self._positive_int("max_epochs")
+        self._positive_int("evals_per_epoch")
+        if self.max_concurrent is not None:
+            self._positive_int("max_concurrent")
+        if self.max_length is not None and self.max_length < 4:
+            raise UserError(f"--max-length: must be at least 4, got {self.max_length}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise UserError(f"--time-budget: must be a positive number of seconds, got {self.time_budget_s}")
+        if not (self.cpus_per_trial > 0):
+            raise UserError(f"--cpus-per-trial: must be positive, got {self.cpus_per_trial}")
+        if self.gpus_per_trial < 0:
+            raise UserError(f"--gpus-per-trial: must be zero or positive, got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise UserError("--gpus-per-trial: above 1 it must be a whole number of GPUs")
+        if self.metric not in METRICS:
+            raise UserError(f"--metric: unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision: choose one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.grace_period > 0:
+            raise UserError(f"--grace-period: must be positive (in epochs), got {self.grace_period}")
+        if self.grace_period > self.max_epochs:
+            raise UserError(f"--grace-period ({self.grace_period}) is longer than --max-epochs ({self.max_epochs})")
+        if not self.reduction_factor > 1:
+            raise UserError(f"--reduction-factor: must be greater than 1, got {self.reduction_factor}")
+        if self.run_name is None:
+            self.run_name = f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if self.output is None:
+            self.output = Path("reports") / self.run_name
+        self.output = Path(self.output).expanduser().resolve()
+
+    def _positive_int(self, name: str) -> None:
+        v = getattr(self, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"--{name.replace('_', '-')}: must be a whole number of at least 1, got {v!r}")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def max_iterations(self) -> int:
+        """Evaluation rounds of a trial that runs to the end (ASHA's ``max_t``)."""
+        return self.max_epochs * self.evals_per_epoch
+
+    @property
+    def grace_iterations(self) -> int:
+        """ASHA's grace period in evaluation rounds."""
+        return max(1, math.ceil(self.grace_period * self.evals_per_epoch))
+
+    @property
+    def torch_threads(self) -> int:
+        """Threads each trial's torch may use: its CPU share, at least one."""
+        return max(1, int(self.cpus_per_trial))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for k, v in out.items():
+            if isinstance(v, Path):
+                out[k] = str(v)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def local_cpu_count() -> int:
+    """CPUs this process may use (respects affinity masks, e.g. in containers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,106 @@
+"""The strategy protocol and the model description strategies work on.
+
+A task loads a backbone with a fresh classification head and describes it as a
+:class:`ModelBundle`: which parameters are the new head and how the backbone's
+parameters fall into ordered layer groups (input stem, blocks, tail).  A
+strategy decides from that -- and nothing architecture-specific -- what to
+freeze, what to wrap (LoRA) and which learning rate each group gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelBundle:
+    """A classifier plus the parameter layout strategies need."""
+
+    model: nn.Module
+    #: parameter names trained from scratch: the classifier and anything the
+    #: checkpoint lacked (e.g. a pooler missing from the pretrained weights)
+    head: list[str]
+    #: backbone parameters before the first block (embeddings, patch stem)
+    stem: list[str]
+    #: backbone blocks from input to output (transformer layers, CNN stages)
+    blocks: list[list[str]]
+    #: backbone parameters after the last block (final norm, pooler)
+    tail: list[str] = field(default_factory=list)
+    #: module names (or name suffixes) LoRA adapts
+    lora_targets: list[str] = field(default_factory=list)
+    #: modules that own head parameters (trained in full under LoRA)
+    head_modules: list[str] = field(default_factory=list)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def params(self, names: Iterable[str]) -> list[nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return [named[n] for n in names]
+
+
+@dataclass
+class Adapted:
+    """What a strategy hands the training loop."""
+
+    model: nn.Module
+    #: optimizer parameter groups: dicts with ``params`` and ``lr``
+    param_groups: list[dict[str, Any]]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def set_trainable(params: Iterable[nn.Parameter], flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+class Strategy:
+    """Base class: subclasses set ``name``, ``hyperparameters`` and implement :meth:`apply`."""
+
+    name: ClassVar[str]
+    #: hyperparameters this strategy reads (name -> meaning); a search space may search any of them
+    hyperparameters: ClassVar[Mapping[str, str]] = {}
+    #: values used when the space leaves a hyperparameter out
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def hp(self, config: Mapping[str, Any], name: str) -> Any:
+        if name in config and config[name] is not None:
+            return config[name]
+        return self.defaults[name]
+
+    def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
+        """Freeze/wrap ``bundle.model`` and return it with its optimizer parameter groups."""
+        raise NotImplementedError
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """A plain model in its library's format, for export (e.g. LoRA merged)."""
+        return model
+
+    @staticmethod
+    def only_trainable(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for g in groups:
+            params = [p for p in g["params"] if p.requires_grad]
+            if params:
+                out.append({**g, "params": params})
+        return out
+
+
+def freeze_all(model: nn.Module) -> None:
+    set_trainable(model.parameters(), False)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint must hold: trainable parameters only (frozen ones come from the backbone)."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,53 @@
+"""``lora``: low-rank adapters (peft) on the backbone's attention/MLP layers; the head trains in full.
+
+Export merges the adapters (``merge_and_unload``) so the checkpoint is a plain model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from autotransfer.strategies import register_strategy
+from autotransfer.strategies.base import Adapted, ModelBundle, Strategy
+
+
+@register_strategy
+class Lora(Strategy):
+    name = "lora"
+    hyperparameters = {
+        "lr": "learning rate of the adapters",
+        "head_lr": "learning rate of the head (defaults to lr)",
+        "lora_r": "adapter rank",
+        "lora_alpha": "adapter scaling numerator (scale = alpha / r)",
+        "lora_dropout": "dropout on the adapter input",
+    }
+    defaults = {"lr": 5e-4, "head_lr": None, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
+
+    def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
+        if not bundle.lora_targets:
+            raise ValueError("this backbone exposes no layers LoRA can adapt")
+        lora_config = LoraConfig(
+            r=int(self.hp(config, "lora_r")),
+            lora_alpha=float(self.hp(config, "lora_alpha")),
+            lora_dropout=float(self.hp(config, "lora_dropout")),
+            target_modules=list(bundle.lora_targets),
+            modules_to_save=list(bundle.head_modules),
+        )
+        model = get_peft_model(bundle.model, lora_config)
+        lr = float(self.hp(config, "lr"))
+        head_lr = config.get("head_lr") or lr
+        adapters, head = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (adapters if "lora_" in name else head).append(p)
+        return Adapted(model, self.only_trainable([{"params": adapters, "lr": lr},
+                                                   {"params": head, "lr": head_lr}]))
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        if isinstance(model, PeftModel):
+            return model.merge_and_unload()
+        return model

@@ -1,0 +1,92 @@
+"""The task protocol: what the engine needs from text-cls, image-cls, ...
+
+A task knows its data format, its backbones and its preprocessing; the engine
+(search, training loop, export, report) is shared.  Implementations live one
+per module and register with :func:`autotransfer.tasks.register_task`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Optional
+
+import torch
+from torch import nn
+
+from autotransfer.data import LabeledSplits
+from autotransfer.strategies.base import ModelBundle
+
+#: a batch: model inputs (tensors by name) and integer labels
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class BackboneInfo:
+    """A backbone resolved and checked before any trial starts."""
+
+    name: str  # as the user wrote it (search-space value)
+    source: str  # what the library loads: a hub id or an absolute folder
+    num_layers: int
+    #: identifies the preprocessing this backbone needs; equal keys share prepared data
+    preprocessing: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparationStats:
+    """How much preprocessing a search did (it should equal the distinct preprocessings)."""
+
+    distinct: int = 0
+    runs: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"distinct_preprocessings": self.distinct, "preprocessing_runs": self.runs,
+                "preparation_seconds": round(self.seconds, 3)}
+
+
+class Task:
+    """Base class of a task; see :class:`~autotransfer.tasks.text_cls.TextClassification`."""
+
+    name: ClassVar[str]
+
+    def load_data(self, settings: Any) -> LabeledSplits:
+        """Read and validate ``settings.data``; raise UserError on bad input."""
+        raise NotImplementedError
+
+    def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
+        """Resolve a backbone name (hub id or local folder) and check it can be loaded."""
+        raise NotImplementedError
+
+    def prepare(self, backbones: list[BackboneInfo], splits: LabeledSplits,
+                settings: Any) -> tuple[dict[str, Any], PreparationStats]:
+        """Preprocess the data once per distinct preprocessing; map backbone name -> prepared data."""
+        raise NotImplementedError
+
+    def build(self, backbone: BackboneInfo, label_names: list[str], settings: Mapping[str, Any]) -> ModelBundle:
+        """A classifier on ``backbone`` with a fresh head for ``label_names``."""
+        raise NotImplementedError
+
+    def batches(self, prepared: Any, split: str, batch_size: int, *, train: bool, seed: int = 0,
+                pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None) -> Iterable[Batch]:
+        """Batches of a prepared split; shuffled when ``train``."""
+        raise NotImplementedError
+
+    def num_examples(self, prepared: Any, split: str) -> int:
+        raise NotImplementedError
+
+    def labels(self, prepared: Any, split: str) -> Any:
+        raise NotImplementedError
+
+    def logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class scores for a batch."""
+        raise NotImplementedError
+
+    def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
+        """Save ``model`` in its library's standard folder format."""
+        raise NotImplementedError
+
+    def predict(self, model_dir: Path, data: Path, settings: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """Rows of predictions for new data with a model exported by :meth:`export`."""
+        raise NotImplementedError

@@ -1,0 +1,315 @@
+"""``text-cls``: sequence classification with Hugging Face transformers backbones.
+
+Text is tokenized once per distinct (tokenizer, max length) before the search and
+stored as flat int32 arrays; every trial of every backbone sharing that tokenizer
+reads the same arrays (through Ray's object store) and pads each batch only to
+its own longest sequence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from autotransfer.backbones import blocks_by_list, find_block_list, layout, linear_leaf_names, local_folder, offline_hint
+from autotransfer.data import SPLITS, LabeledSplits, Split
+from autotransfer.errors import UserError
+from autotransfer.strategies.base import ModelBundle
+from autotransfer.tables import load_text_splits
+from autotransfer.tasks import register_task
+from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats, Task
+
+#: the max length covers this percentile of the training texts' token counts
+LENGTH_PERCENTILE = 99.0
+
+
+def quiet_transformers() -> None:
+    """Silence load reports and progress bars; errors still surface as exceptions."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*Token indices sequence length.*")
+
+
+@dataclass
+class TokenizedSplit:
+    """Token ids of one split, flattened: row ``i`` is ``ids[offsets[i]:offsets[i+1]]``."""
+
+    ids: np.ndarray  # int32
+    offsets: np.ndarray  # int64, len = rows + 1
+    type_ids: Optional[np.ndarray]  # int8, aligned with ids, for sentence pairs
+    labels: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@dataclass
+class TokenizedData:
+    """The prepared data of one (tokenizer, max length): what trials receive."""
+
+    key: str
+    max_length: int
+    pad_id: int
+    input_names: tuple[str, ...]
+    splits: dict[str, TokenizedSplit]
+
+
+class _Collate:
+    """Pads the rows of a batch of indices to the batch's longest row."""
+
+    def __init__(self, data: TokenizedData, split: str):
+        self.data, self.split = data, data.splits[split]
+
+    def __call__(self, idx: list[int]) -> Batch:
+        s = self.split
+        idx_a = np.asarray(idx, dtype=np.int64)
+        starts, ends = s.offsets[idx_a], s.offsets[idx_a + 1]
+        lens = ends - starts
+        width = int(lens.max())
+        mask = np.arange(width)[None, :] < lens[:, None]
+        ids = np.full((len(idx_a), width), self.data.pad_id, dtype=np.int64)
+        ids[mask] = np.concatenate([s.ids[a:b] for a, b in zip(starts, ends)])
+        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+        if s.type_ids is not None and "token_type_ids" in self.data.input_names:
+            tt = np.zeros((len(idx_a), width), dtype=np.int64)
+            tt[mask] = np.concatenate([s.type_ids[a:b] for a, b in zip(starts, ends)])
+            inputs["token_type_ids"] = torch.from_numpy(tt)
+        return inputs, torch.from_numpy(s.labels[idx_a])
+
+
+def _length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    order = np.argsort(lengths, kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps({"cls": type(tokenizer).__name__, "lower": getattr(tokenizer, "do_lower_case", None)})
+    return hashlib.sha1((text + extra).encode("utf-8")).hexdigest()[:16]
+
+
+def _model_max_length(tokenizer: Any, config: Any) -> int:
+    caps = [v for v in (getattr(tokenizer, "model_max_length", None),
+                        getattr(config, "max_position_embeddings", None)) if isinstance(v, int) and 0 < v < 100_000]
+    return min(caps) if caps else 512
+
+
+@register_task
+class TextClassification(Task):
+    name = "text-cls"
+
+    # ------------------------------------------------------------------ data
+    def load_data(self, settings: Any) -> LabeledSplits:
+        return load_text_splits(settings.data, text_col=settings.text_col, text_pair_col=settings.text_pair_col,
+                                label_col=settings.label_col, val_frac=settings.val_frac,
+                                test_frac=settings.test_frac, seed=settings.seed)
+
+    # ------------------------------------------------------------- backbones
+    def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        quiet_transformers()
+        folder = local_folder(name)
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"backbone {name!r}: folder {folder} does not exist")
+        source = str(folder) if folder is not None else name
+        trust = bool(getattr(settings, "trust_remote_code", False))
+        try:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+        except (OSError, ValueError) as exc:
+            if folder is not None:
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"backbone {name!r}: {folder} is not a Hugging Face model folder ({first})") from None
+            raise UserError(offline_hint(name, exc)) from None
+        # the layout is read from a weightless skeleton: no download, no memory
+        with torch.device("meta"):
+            skeleton = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust)
+        list_name = find_block_list(skeleton)
+        num_layers = len(skeleton.get_submodule(list_name)) if list_name else 0
+        return BackboneInfo(
+            name=name, source=source, num_layers=num_layers,
+            preprocessing=_tokenizer_fingerprint(tokenizer),
+            details={"model_type": getattr(config, "model_type", "?"), "max_length": _model_max_length(tokenizer, config)},
+        )
+
+    # ---------------------------------------------------------- preparation
+    def prepare(self, backbones: list[BackboneInfo], splits: LabeledSplits,
+                settings: Any) -> tuple[dict[str, Any], PreparationStats]:
+        """Tokenize each split once per distinct (tokenizer, max length)."""
+        from transformers import AutoTokenizer
+
+        quiet_transformers()
+        stats = PreparationStats()
+        start = time.perf_counter()
+        cache: dict[tuple[str, int], TokenizedData] = {}
+        lengths_of: dict[str, dict[str, list[list[int]]]] = {}
+        out: dict[str, Any] = {}
+        trust = bool(getattr(settings, "trust_remote_code", False))
+        for bb in backbones:
+            tokenizer = AutoTokenizer.from_pretrained(bb.source, trust_remote_code=trust)
+            fp = bb.preprocessing
+            if fp not in lengths_of:
+                # one untruncated pass per tokenizer gives both the ids and the length statistics
+                lengths_of[fp] = {name: self._tokenize(tokenizer, splits.split(name), None) for name in SPLITS}
+                stats.runs += 1
+            full = lengths_of[fp]
+            cap = int(bb.details.get("max_length", 512))
+            if settings.max_length:
+                max_len = min(int(settings.max_length), cap)
+            else:
+                train_lens = np.fromiter((len(r) for r in full["train"]), dtype=np.int64)
+                max_len = min(cap, max(8, int(math.ceil(np.percentile(train_lens, LENGTH_PERCENTILE) / 8) * 8)))
+            key = (fp, max_len)
+            if key not in cache:
+                longest = max(len(r) for rows in full.values() for r in rows)
+                if longest <= max_len:
+                    encoded = full  # nothing to truncate: reuse the first pass
+                else:
+                    encoded = {name: self._tokenize(tokenizer, splits.split(name), max_len) for name in SPLITS}
+                    stats.runs += 1
+                cache[key] = self._pack(encoded, splits, tokenizer, f"{fp}-{max_len}", max_len)
+            out[bb.name] = cache[key]
+        stats.distinct = len(cache)
+        stats.seconds = time.perf_counter() - start
+        return out, stats
+
+    @staticmethod
+    def _tokenize(tokenizer: Any, split: Split, max_len: Optional[int]) -> Any:
+        kwargs: dict[str, Any] = dict(add_special_tokens=True, return_attention_mask=False,
+                                      return_token_type_ids=split.pairs is not None)
+        if max_len is None:
+            kwargs.update(truncation=False)
+        else:
+            kwargs.update(truncation=True, max_length=max_len)
+        enc = tokenizer(list(split.inputs), split.pairs, **kwargs) if split.pairs is not None \
+            else tokenizer(list(split.inputs), **kwargs)
+        if split.pairs is not None:
+            return list(zip(enc["input_ids"], enc["token_type_ids"]))
+        return enc["input_ids"]
+
+    @staticmethod
+    def _pack(encoded: Mapping[str, Any], splits: LabeledSplits, tokenizer: Any, key: str,
+              max_len: int) -> TokenizedData:
+        packed = {}
+        for name in SPLITS:
+            rows = encoded[name]
+            pairs = bool(rows) and isinstance(rows[0], tuple)
+            ids_rows = [r[0] for r in rows] if pairs else rows
+            lens = np.fromiter((len(r) for r in ids_rows), dtype=np.int64, count=len(ids_rows))
+            offsets = np.zeros(len(ids_rows) + 1, dtype=np.int64)
+            np.cumsum(lens, out=offsets[1:])
+            ids = np.fromiter((t for r in ids_rows for t in r), dtype=np.int32, count=int(offsets[-1]))
+            type_ids = None
+            if pairs:
+                type_ids = np.fromiter((t for r in rows for t in r[1]), dtype=np.int8, count=int(offsets[-1]))
+            packed[name] = TokenizedSplit(ids, offsets, type_ids, splits.split(name).labels.copy())
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        return TokenizedData(key=key, max_length=max_len, pad_id=int(pad),
+                             input_names=tuple(tokenizer.model_input_names), splits=packed)
+
+    # ----------------------------------------------------------------- model
+    def build(self, backbone: BackboneInfo, label_names: list[str], settings: Mapping[str, Any]) -> ModelBundle:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        quiet_transformers()
+        trust = bool(settings.get("trust_remote_code", False))
+        id2label = {i: name for i, name in enumerate(label_names)}
+        config = AutoConfig.from_pretrained(backbone.source, num_labels=len(label_names), id2label=id2label,
+                                            label2id={v: k for k, v in id2label.items()}, trust_remote_code=trust)
+        if config.pad_token_id is None and getattr(config, "eos_token_id", None) is not None:
+            config.pad_token_id = config.eos_token_id
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            backbone.source, config=config, output_loading_info=True, dtype=torch.float32, trust_remote_code=trust)
+        named = dict(model.named_parameters())
+        fresh = set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())}
+        head = [n for n in named if n in fresh]
+        list_name = find_block_list(model, skip=[m.rsplit(".", 1)[0] for m in head])
+        if list_name is None:
+            block_of, n_blocks, targets = {}, 0, linear_leaf_names(model)
+        else:
+            block_of, n_blocks = blocks_by_list(model, list_name)
+            targets = self._lora_targets(model, list_name)
+        return layout(model, head, block_of, n_blocks, targets)
+
+    @staticmethod
+    def _lora_targets(model: nn.Module, list_name: str) -> list[str]:
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
+
+        model_type = getattr(model.config, "model_type", None)
+        if model_type in KNOWN:
+            return list(KNOWN[model_type])
+        return linear_leaf_names(model.get_submodule(list_name))
+
+    # ---------------------------------------------------------------- batches
+    def batches(self, prepared: TokenizedData, split: str, batch_size: int, *, train: bool, seed: int = 0,
+                pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None) -> Iterable[Batch]:
+        data = prepared.splits[split]
+        collate = _Collate(prepared, split)
+        if train:
+            gen = torch.Generator().manual_seed(seed)
+            return DataLoader(range(len(data)), batch_size=batch_size, shuffle=True, generator=gen,
+                              collate_fn=collate, pin_memory=pin_memory)
+        # evaluation: similar lengths together, so batches pad little
+        return DataLoader(range(len(data)), batch_sampler=_length_sorted_batches(data.lengths, batch_size),
+                          collate_fn=collate, pin_memory=pin_memory)
+
+    def num_examples(self, prepared: TokenizedData, split: str) -> int:
+        return len(prepared.splits[split])
+
+    def labels(self, prepared: TokenizedData, split: str) -> np.ndarray:
+        return prepared.splits[split].labels
+
+    def logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**inputs).logits
+
+    # ----------------------------------------------------------------- export
+    def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
+        from transformers import AutoTokenizer
+
+        model.save_pretrained(out, safe_serialization=True)
+        AutoTokenizer.from_pretrained(backbone.source).save_pretrained(out)
+
+    def predict(self, model_dir: Path, data: Path, settings: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        from transformers import pipeline
+
+        from autotransfer.tables import TEXT_COLUMNS, read_table
+
+        quiet_transformers()
+        df = read_table(data)
+        col = settings.get("text_col")
+        if col is None:
+            lower = {c.lower(): c for c in df.columns}
+            col = next((lower[c] for c in TEXT_COLUMNS if c in lower), None)
+            if col is None and len(df.columns) == 1:
+                col = df.columns[0]
+        if col is None or col not in df.columns:
+            raise UserError(f"{data}: no text column found (columns: {', '.join(df.columns)}); pass --text-col")
+        clf = pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), device=-1)
+        texts = df[col].astype(str).tolist()
+        bs = int(settings.get("batch_size", 32))
+        for row, pred in zip(df.to_dict(orient="records"),
+                             clf(texts, batch_size=bs, truncation=True)):
+            yield {**row, "prediction": pred["label"], "score": float(pred["score"])}

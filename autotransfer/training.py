@@ -1,0 +1,279 @@
+"""The per-trial training loop.
+
+:func:`train` runs one configuration: build the classifier, apply the transfer
+strategy, train with AdamW and a linear warm-up/decay schedule, evaluate on the
+validation split ``evals_per_epoch`` times per epoch and report each evaluation
+(ASHA's rungs).  It knows nothing about Ray: :func:`run_trial` is the thin Ray
+Tune entry point that plugs in ``tune.report`` and restores from
+``tune.get_checkpoint()``.
+
+Checkpoints hold only the trainable tensors (a linear probe's is a few KB) and
+are written only when the trial's validation metric improves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from autotransfer.metrics import classification_metrics
+from autotransfer.strategies import Adapted, Strategy, count_parameters, get_strategy
+from autotransfer.strategies.base import trainable_state
+from autotransfer.tasks import BackboneInfo, Task, get_task
+
+#: reporter(metrics, checkpoint_dir or None)
+Reporter = Callable[[dict[str, Any], Optional[str]], None]
+WEIGHTS_FILE = "trainable.safetensors"
+STATE_FILE = "trial_state.json"
+#: how often (in steps) the loss is checked for NaN/inf between evaluations
+FINITE_CHECK_EVERY = 25
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot go on (diverged loss...); the message is the one-line reason."""
+
+
+@dataclass
+class TrialContext:
+    """Read-only inputs shared by every trial; shipped once through Ray's object store."""
+
+    task: str
+    backbones: dict[str, BackboneInfo]
+    prepared: dict[str, Any]
+    label_names: list[str]
+    metric: str = "accuracy"
+    max_epochs: int = 3
+    evals_per_epoch: int = 2
+    precision: str = "auto"
+    threads: int = 1
+    seed: int = 0
+    use_gpu: bool = False
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def device_for(use_gpu: bool) -> torch.device:
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for a precision setting, or None for plain fp32.
+
+    ``auto`` means bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_trial_model(task: Task, backbone: BackboneInfo, label_names: list[str], config: Mapping[str, Any],
+                      trust_remote_code: bool = False) -> tuple[Strategy, Adapted]:
+    """The classifier for one configuration, with its strategy applied."""
+    strategy = get_strategy(config["strategy"])
+    bundle = task.build(backbone, label_names, {"trust_remote_code": trust_remote_code})
+    return strategy, strategy.apply(bundle, config)
+
+
+def load_trainable(model: nn.Module, checkpoint_dir: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's trainable tensors into ``model``; returns the saved trial state."""
+    tensors = load_file(str(Path(checkpoint_dir) / WEIGHTS_FILE))
+    missing = [k for k in tensors if k not in dict(model.named_parameters())]
+    if missing:
+        raise TrialFailed(f"checkpoint does not match the model (e.g. {missing[0]})")
+    model.load_state_dict(tensors, strict=False)
+    state_path = Path(checkpoint_dir) / STATE_FILE
+    return json.loads(state_path.read_text()) if state_path.exists() else {}
+
+
+def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with decay on weight matrices only (no decay on biases and norms)."""
+    split = []
+    for g in groups:
+        decay = [p for p in g["params"] if p.ndim >= 2]
+        no_decay = [p for p in g["params"] if p.ndim < 2]
+        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if params:
+                split.append({**g, "params": params, "weight_decay": wd})
+    return torch.optim.AdamW(split, fused=device.type == "cuda")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size: int, device: torch.device,
+             dtype: Optional[torch.dtype] = None) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics (and ``loss``) of ``model`` on a prepared split, plus its predictions in split order."""
+    was_training = model.training
+    model.eval()
+    loss_sum = 0.0
+    preds, truth = [], []
+    loader = task.batches(prepared, split, batch_size * 2, train=False, pin_memory=device.type == "cuda")
+    for inputs, labels in loader:
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        labels = labels.to(device, non_blocking=True)
+        with _autocast(device, dtype):
+            logits = task.logits(model, inputs)
+        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        preds.append(logits.argmax(-1).cpu().numpy())
+        truth.append(labels.cpu().numpy())
+    model.train(was_training)
+    y_pred, y_true = np.concatenate(preds), np.concatenate(truth)
+    metrics = classification_metrics(y_true, y_pred)
+    metrics["loss"] = loss_sum / max(1, len(y_true))
+    # evaluation batches may be length-sorted: put predictions back in split order
+    order = getattr(loader, "batch_sampler", None)
+    if isinstance(order, list):
+        in_order = np.empty_like(y_pred)
+        in_order[np.concatenate([np.asarray(b, dtype=np.int64) for b in order])] = y_pred
+        y_pred = in_order
+    return metrics, y_pred
+
+
+def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
+          restore_dir: Optional[str] = None) -> dict[str, Any]:
+    """Train one configuration, reporting after every evaluation. Returns the final report."""
+    torch.set_num_threads(max(1, ctx.threads))
+    torch.manual_seed(ctx.seed)
+    device = device_for(ctx.use_gpu)
+    dtype = autocast_dtype(ctx.precision, device)
+    task = get_task(ctx.task)
+    backbone = ctx.backbones[config["backbone"]]
+    prepared = ctx.prepared[backbone.name]
+    model = optimizer = None
+    try:
+        _, adapted = build_trial_model(task, backbone, ctx.label_names, config, ctx.trust_remote_code)
+        model = adapted.model
+        state: dict[str, Any] = {}
+        if restore_dir is not None:
+            state = load_trainable(model, restore_dir)
+        model.to(device)
+        model.train()
+        trainable, total = count_parameters(model)
+        optimizer = _optimizer(adapted.param_groups, float(config.get("weight_decay", 0.01)), device)
+        batch_size = int(config.get("batch_size", 32))
+        n_train = task.num_examples(prepared, "train")
+        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+        total_steps = steps_per_epoch * ctx.max_epochs
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler("linear", optimizer,
+                                  num_warmup_steps=int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)),
+                                  num_training_steps=total_steps)
+        scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
+        eval_at = {max(1, round(k * steps_per_epoch / ctx.evals_per_epoch)) for k in range(1, ctx.evals_per_epoch + 1)}
+        smoothing = float(config.get("label_smoothing", 0.0))
+
+        step = int(state.get("step", 0))
+        best = float(state.get("best", -math.inf))
+        for _ in range(step):
+            scheduler.step()
+        last: dict[str, Any] = {}
+        loss_sum = torch.zeros((), device=device)
+        loss_n, seen, train_time = 0, 0, 0.0
+        for epoch in range(step // steps_per_epoch, ctx.max_epochs):
+            loader = task.batches(prepared, "train", batch_size, train=True, seed=ctx.seed + epoch,
+                                  pin_memory=device.type == "cuda", config=config)
+            skip = step - epoch * steps_per_epoch  # batches already done before a restore
+            t0 = time.perf_counter()
+            for i, (inputs, labels) in enumerate(loader):
+                if i < skip:
+                    continue
+                inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+                labels = labels.to(device, non_blocking=True)
+                with _autocast(device, dtype):
+                    logits = task.logits(model, inputs)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                loss_sum += loss.detach()
+                loss_n += 1
+                seen += len(labels)
+                if step % FINITE_CHECK_EVERY == 0 or (i + 1) in eval_at:
+                    _check_finite(loss_sum, step)
+                if (i + 1) in eval_at:
+                    train_time += time.perf_counter() - t0
+                    metrics, _ = evaluate(model, task, prepared, "validation", batch_size, device, dtype)
+                    last = {
+                        **{k: v for k, v in metrics.items() if k != "loss"},
+                        "val_loss": metrics["loss"],
+                        "train_loss": float(loss_sum) / max(1, loss_n),
+                        "epoch": round(step / steps_per_epoch, 4),
+                        "step": step,
+                        "samples_per_s": seen / train_time if train_time > 0 else 0.0,
+                        "trainable_params": trainable,
+                        "total_params": total,
+                    }
+                    loss_sum.zero_()
+                    loss_n = 0
+                    if last[ctx.metric] > best:
+                        best = last[ctx.metric]
+                        last["best_" + ctx.metric] = best
+                        with tempfile.TemporaryDirectory(prefix="autotransfer-ckpt-") as tmp:
+                            save_file(trainable_state(model), str(Path(tmp) / WEIGHTS_FILE))
+                            (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "best": best}))
+                            report(last, tmp)
+                    else:
+                        last["best_" + ctx.metric] = best
+                        report(last, None)
+                    t0 = time.perf_counter()
+        return last
+    finally:
+        del model, optimizer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
+    if not bool(torch.isfinite(loss_sum)):
+        raise TrialFailed(f"training loss became NaN/inf by step {step} (learning rate too high?)")
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Ray Tune function trainable: :func:`train` wired to ``tune.report`` and ``tune.get_checkpoint``."""
+    from ray import tune
+
+    def report(metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        train(config, ctx, report)
+        return
+    with checkpoint.as_directory() as restore_dir:
+        with tempfile.TemporaryDirectory(prefix="autotransfer-restore-") as tmp:
+            for name in (WEIGHTS_FILE, STATE_FILE):
+                src = Path(restore_dir) / name
+                if src.exists():
+                    (Path(tmp) / name).write_bytes(src.read_bytes())
+            train(config, ctx, report, restore_dir=tmp)
