@@ -110,7 +110,7 @@ class _Search:
         from autotransfer.export import export_best
         from autotransfer.live import LiveLeaderboard
         from autotransfer.report import write_report
-        from autotransfer.runner import run_tune, start_ray
+        from autotransfer.runner import concurrency, run_tune, start_ray
         from autotransfer.training import TrialContext
 
         s = self.s
@@ -122,6 +122,12 @@ class _Search:
         prepared, prep = self.task.prepare(list(backbones.values()), splits, s)
         self.log(f"prepared {len(backbones)} backbone(s) with {prep.distinct} distinct preprocessing(s) "
                  f"in {prep.seconds:.1f}s")
+
+        cluster = start_ray(s)
+        hint = cluster.dashboard_hint()
+        self.log(f"Ray: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs"
+                 + (f"; dashboard {hint}" if hint else ""))
+        concurrency(s, cluster)  # refuses resource requests the cluster cannot hold
 
         # inputs are valid: only now is anything written
         out = s.output
@@ -136,10 +142,6 @@ class _Search:
         out.mkdir(parents=True, exist_ok=True)
         (out / "settings.json").write_text(json.dumps(s.to_dict(), indent=2))
 
-        cluster = start_ray(s)
-        hint = cluster.dashboard_hint()
-        self.log(f"Ray: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs"
-                 + (f"; dashboard {hint}" if hint else ""))
         ctx = TrialContext(task=s.task, backbones=backbones, prepared=prepared, label_names=splits.label_names,
                            metric=s.metric, max_epochs=s.max_epochs, evals_per_epoch=s.evals_per_epoch,
                            precision=s.precision, threads=s.torch_threads, seed=s.seed,

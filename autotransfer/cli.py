@@ -63,6 +63,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--evals-per-epoch", type=int, default=2, help="validation rounds per epoch (ASHA rungs)")
     e.add_argument("--grace-period", type=float, default=1.0, help="epochs before ASHA may stop a trial")
     e.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA keeps 1/N of trials per rung")
+    e.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="don't start with one trial per strategy; let the sampler pick from the first trial")
     e.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = bf16/fp16 autocast on GPU, fp32 on CPU")
     o = p.add_argument_group("cluster and output")

@@ -114,6 +114,7 @@ def split_missing(
 ) -> dict[str, Split]:
     """Carve missing validation/test splits out of train with a seeded stratified split."""
     out = dict(splits)
+    total = len(out["train"])  # fractions are of the whole file, not of what is left
     for name, frac in (("test", test_frac), ("validation", val_frac)):
         if name in out:
             continue
@@ -127,7 +128,7 @@ def split_missing(
                 f"{where}: class id {rare} has a single example, so a stratified {name} split is impossible; "
                 f"add examples or provide a {name} file"
             )
-        n_hold = max(int(round(frac * len(train))), len(np.flatnonzero(counts)))
+        n_hold = max(int(round(frac * total)), len(np.flatnonzero(counts)))
         if n_hold >= len(train):
             raise UserError(f"{where}: too few rows ({len(train)}) to carve out a {name} split")
         keep, hold = train_test_split(

@@ -124,7 +124,9 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
     from ray.tune.search.optuna import OptunaSearch
 
     # a define-by-run space makes OptunaSearch ignore TuneConfig's metric: give it (and ASHA) their own
+    warm = space.warm_start_points(settings.num_samples) if settings.warm_start else []
     searcher = OptunaSearch(space=space.define_by_run(num_layers), metric=settings.metric, mode=MODE,
+                            points_to_evaluate=warm or None,
                             sampler=make_sampler(settings.sampler, settings.seed, settings.num_samples))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_iterations,
                               metric=settings.metric, mode=MODE,

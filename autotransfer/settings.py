@@ -77,6 +77,8 @@ class SearchSettings:
     grace_period: float = 1.0
     reduction_factor: float = 2.0
     precision: str = "auto"
+    #: first trials try each strategy once (backbones alternating); the sampler fills in the rest
+    warm_start: bool = True
     # cluster / output
     address: Optional[str] = None
     dashboard: bool = True

@@ -120,6 +120,22 @@ class SearchSpace:
         return DefineByRun(list(self.backbones), {k: dict(v) for k, v in self.strategies.items()},
                            dict(self.params), dict(num_layers))
 
+    def warm_start_points(self, limit: int) -> list[dict[str, Any]]:
+        """One starting point per strategy, backbones alternating, at most ``limit``.
+
+        Only backbone and strategy are fixed; the sampler draws the other parameters.
+        """
+        points = []
+        for i, strategy in enumerate(self.strategies):
+            point: dict[str, Any] = {}
+            if len(self.strategies) > 1:
+                point["strategy"] = strategy
+            if len(self.backbones) > 1:
+                point["backbone"] = self.backbones[i % len(self.backbones)]
+            if point:
+                points.append(point)
+        return points[:limit]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task,

@@ -1,0 +1,143 @@
+"""Fixtures: tiny text backbones and data built here, so the suite runs offline and fast.
+
+- ``tiny_bert`` / ``tiny_distilbert``: 2- and 3-layer encoders (random weights) saved as local
+  Hugging Face folders, sharing one WordPiece vocabulary trained on the fixture corpus.
+- ``sentiment_dir``: a learnable sentiment corpus (word cues) with 12% label noise, so trials
+  differ in quality and ASHA has something to stop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test clusters are private to the test run
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+POSITIVE = ["good", "great", "excellent", "wonderful", "fun", "lovely", "brilliant", "superb", "moving", "charming"]
+NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "weak", "horrible", "tedious", "bland"]
+FILLER = ["the", "movie", "film", "was", "plot", "acting", "story", "really", "quite", "a", "and", "with",
+          "very", "it", "cast", "script", "scenes", "ending", "overall", "honestly"]
+
+
+def make_sentences(n: int, seed: int, noise: float = 0.12) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        cues = POSITIVE if label == "positive" else NEGATIVE
+        words = rng.choices(FILLER, k=rng.randint(3, 8)) + rng.choices(cues, k=rng.randint(2, 3))
+        rng.shuffle(words)
+        if rng.random() < noise:
+            label = "negative" if label == "positive" else "positive"
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("sentence", "label")) -> Path:
+    path.write_text("\t".join(header) + "\n" + "".join(f"{t}\t{l}\n" for t, l in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sentiment_dir(tmp_path_factory) -> Path:
+    """train/dev/test TSVs with string labels."""
+    d = tmp_path_factory.mktemp("sentiment")
+    write_tsv(d / "train.tsv", make_sentences(480, 1))
+    write_tsv(d / "dev.tsv", make_sentences(80, 2))
+    write_tsv(d / "test.tsv", make_sentences(80, 3))
+    return d
+
+
+@pytest.fixture(scope="session")
+def wordpiece(tmp_path_factory):
+    """A BertTokenizerFast whose WordPiece vocabulary is trained on the fixture corpus."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator([t for t, _ in make_sentences(400, 0)], trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.decoder = decoders.WordPiece()
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, wordpiece) -> Path:
+    """A 2-layer BERT (hidden 32) saved as a local Hugging Face folder."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("models") / "tiny-bert"
+    config = BertConfig(vocab_size=len(wordpiece), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(d)
+    wordpiece.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory, wordpiece) -> Path:
+    """A 3-layer DistilBERT (dim 32): an architecture peft has no LoRA target table for."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(1)
+    d = tmp_path_factory.mktemp("models") / "tiny-distilbert"
+    config = DistilBertConfig(vocab_size=len(wordpiece), dim=32, n_layers=3, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=64)
+    DistilBertModel(config).save_pretrained(d)
+    wordpiece.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_space(tmp_path_factory, tiny_bert, tiny_distilbert) -> Path:
+    """A search space over both tiny backbones and all four strategies, with rates that suit them."""
+    p = tmp_path_factory.mktemp("spaces") / "tiny.yaml"
+    p.write_text(textwrap.dedent(f"""\
+        task: text-cls
+        backbones: [{tiny_bert}, {tiny_distilbert}]
+        params:
+          batch_size: [16]
+          weight_decay: {{distribution: loguniform, low: 1.0e-4, high: 1.0e-2}}
+        strategies:
+          linear_probe:
+            head_lr: {{distribution: loguniform, low: 1.0e-3, high: 1.0e-2}}
+          freeze:
+            freeze_depth: {{distribution: int, low: 0, high: num_layers}}
+            lr: {{distribution: loguniform, low: 2.0e-3, high: 6.0e-3}}
+          full:
+            lr: {{distribution: loguniform, low: 2.0e-3, high: 6.0e-3}}
+          lora:
+            lr: {{distribution: loguniform, low: 5.0e-3, high: 2.0e-2}}
+            lora_r: [2, 4]
+        """))
+    return p
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the in-process end-to-end tests (autotransfer reuses it)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,75 @@
+"""A real search on local Ray with two tiny backbones and all four strategies."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+import autotransfer
+from autotransfer.results import COMPLETED, STOPPED
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, sentiment_dir, tiny_space, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = autotransfer.search(
+        task="text-cls", data=sentiment_dir, space=tiny_space, num_samples=8, max_epochs=4, evals_per_epoch=1,
+        grace_period=1, reduction_factor=2, max_concurrent=2, seed=0, dashboard=False, output=out,
+    )
+    return result
+
+
+def test_every_strategy_and_backbone_was_tried(run, tiny_bert, tiny_distilbert):
+    assert len(run.records) == 8
+    assert {r.strategy for r in run.records} == {"linear_probe", "freeze", "full", "lora"}
+    assert {r.backbone for r in run.records} == {str(tiny_bert), str(tiny_distilbert)}
+    assert all(r.status in (COMPLETED, STOPPED) for r in run.records), [r.error for r in run.records]
+
+
+def test_asha_stopped_weak_trials_at_a_rung(run):
+    stopped = [r for r in run.records if r.status == STOPPED]
+    assert stopped, "ASHA stopped no trial"
+    assert all(r.iterations in (1, 2) for r in stopped)  # rungs at 1 and 2 of max_t=4 with rf=2
+    completed = [r for r in run.records if r.status == COMPLETED]
+    assert completed and all(r.iterations == 4 for r in completed)
+
+
+def test_leaderboard_is_sorted_and_saved(run):
+    scores = [r.best_metric for r in run.records]
+    assert scores == sorted(scores, reverse=True)
+    assert [r.rank for r in run.records] == list(range(1, 9))
+    df = pd.read_csv(run.output / "results.csv")
+    assert len(df) == 8 and df["best_accuracy"].is_monotonic_decreasing
+    meta = json.loads((run.output / "results.json").read_text())
+    assert meta["preparation"]["preprocessing_runs"] == 1  # both backbones share the tokenizer
+    assert (run.output / "leaderboard.html").stat().st_size > 100_000  # plotly.js embedded
+
+
+def test_lora_and_linear_probe_train_fewer_parameters_than_full(run):
+    share = {}
+    for r in run.records:
+        share.setdefault(r.strategy, []).append(r.trainable_params / r.total_params)
+    assert all(s == 1.0 for s in share["full"])
+    assert max(share["lora"]) < 0.5
+    assert max(share["linear_probe"]) < 0.1
+
+
+def test_best_checkpoint_loads_with_pipeline_and_predicts_label_names(run):
+    from transformers import pipeline
+
+    assert run.best is run.records[0]
+    clf = pipeline("text-classification", model=str(run.best_dir))
+    preds = clf(["a wonderful superb film", "boring awful terrible acting"])
+    assert {p["label"] for p in preds} <= {"negative", "positive"}
+    assert 0 <= run.test_metrics["accuracy"] <= 1
+    sidecar = json.loads((run.best_dir / "autotransfer.json").read_text())
+    assert sidecar["config"]["strategy"] == run.best.strategy
+
+
+def test_only_the_exported_checkpoint_is_kept(run):
+    left = list((run.output / "tune").glob("*/checkpoint_*"))
+    assert len(left) == 1 and run.best.trial_id in str(left[0])

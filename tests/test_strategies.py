@@ -1,0 +1,86 @@
+"""Strategies freeze, wrap and group exactly what they promise, on two architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autotransfer.strategies import count_parameters, get_strategy, list_strategies, register_strategy
+from autotransfer.strategies.base import Strategy
+from autotransfer.tasks import get_task
+
+TASK = get_task("text-cls")
+
+
+class _S:
+    trust_remote_code = False
+
+
+@pytest.fixture(params=["tiny_bert", "tiny_distilbert"])
+def backbone(request):
+    return TASK.describe_backbone(str(request.getfixturevalue(request.param)), _S())
+
+
+def _bundle(backbone):
+    return TASK.build(backbone, ["negative", "positive"], {})
+
+
+def _trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_registry_lists_the_four_strategies():
+    assert set(list_strategies()) >= {"linear_probe", "freeze", "full", "lora"}
+    with pytest.raises(ValueError, match="already registered"):
+        @register_strategy
+        class Impostor(Strategy):
+            name = "full"
+
+
+def test_linear_probe_trains_only_the_head(backbone):
+    bundle = _bundle(backbone)
+    adapted = get_strategy("linear_probe").apply(bundle, {"head_lr": 0.01})
+    assert _trainable_names(adapted.model) == set(bundle.head)
+    assert [g["lr"] for g in adapted.param_groups] == [0.01]
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_freeze_depth_freezes_stem_and_bottom_blocks(backbone, depth):
+    bundle = _bundle(backbone)
+    adapted = get_strategy("freeze").apply(bundle, {"freeze_depth": depth, "lr": 1e-3})
+    trainable = _trainable_names(adapted.model)
+    assert not trainable & set(bundle.stem)
+    for i, block in enumerate(bundle.blocks):
+        assert (set(block) <= trainable) == (i >= depth)
+        assert not (set(block) & trainable) or i >= depth
+    assert set(bundle.head) <= trainable and set(bundle.tail) <= trainable
+
+
+def test_full_trains_everything_with_layer_decay(backbone):
+    bundle = _bundle(backbone)
+    adapted = get_strategy("full").apply(bundle, {"lr": 1e-3, "head_lr": 1e-2, "layer_decay": 0.5})
+    t, total = count_parameters(adapted.model)
+    assert t == total
+    lrs = [g["lr"] for g in adapted.param_groups]
+    assert lrs[-1] == 1e-2  # head
+    assert lrs[:-1] == sorted(lrs[:-1])  # geometric growth from stem to top block
+    assert lrs[0] < lrs[-2]
+
+
+def test_lora_trains_fewer_parameters_and_merges_to_the_same_function(backbone):
+    full_t, _ = count_parameters(get_strategy("full").apply(_bundle(backbone), {}).model)
+    strategy = get_strategy("lora")
+    adapted = strategy.apply(_bundle(backbone), {"lora_r": 4, "lr": 1e-3})
+    lora_t, _ = count_parameters(adapted.model)
+    assert 0 < lora_t < full_t / 2
+    # make the adapters non-trivial, then check the merged plain model computes the same thing
+    with torch.no_grad():
+        for n, p in adapted.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    adapted.model.eval()
+    x = {"input_ids": torch.tensor([[2, 10, 11, 12, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    before = adapted.model(**x).logits
+    merged = strategy.finalize(adapted.model)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(merged(**x).logits, before, atol=1e-5, rtol=1e-4)

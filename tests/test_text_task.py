@@ -1,0 +1,67 @@
+"""The text task: backbones resolved up front, tokenization once, dynamic padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autotransfer.errors import UserError
+from autotransfer.tables import load_text_splits
+from autotransfer.tasks import get_task
+
+TASK = get_task("text-cls")
+
+
+class _S:
+    trust_remote_code = False
+    max_length = None
+
+
+def test_backbones_sharing_a_tokenizer_are_tokenized_once(sentiment_dir, tiny_bert, tiny_distilbert):
+    splits = load_text_splits(sentiment_dir)
+    infos = [TASK.describe_backbone(str(p), _S()) for p in (tiny_bert, tiny_distilbert)]
+    assert infos[0].num_layers == 2 and infos[1].num_layers == 3
+    prepared, stats = TASK.prepare(infos, splits, _S())
+    assert stats.distinct == 1 and stats.runs == 1
+    assert prepared[infos[0].name] is prepared[infos[1].name]
+    data = prepared[infos[0].name]
+    assert len(data.splits["train"]) == 480
+    assert data.splits["train"].ids.dtype == np.int32
+
+
+def test_batches_pad_to_the_longest_row(sentiment_dir, tiny_bert):
+    splits = load_text_splits(sentiment_dir)
+    info = TASK.describe_backbone(str(tiny_bert), _S())
+    prepared, _ = TASK.prepare([info], splits, _S())
+    data = prepared[info.name]
+    lengths = data.splits["validation"].lengths
+    widths = []
+    for inputs, labels in TASK.batches(data, "validation", 16, train=False):
+        mask = inputs["attention_mask"]
+        assert inputs["input_ids"].shape == mask.shape
+        assert int(mask.sum(1).max()) == mask.shape[1]  # padded to this batch's longest, no further
+        widths.append(mask.shape[1])
+    assert max(widths) == lengths.max() and min(widths) < lengths.max()
+    n = sum(len(labels) for _, labels in TASK.batches(data, "train", 16, train=True, seed=0))
+    assert n == 480
+
+
+def test_max_length_truncates(sentiment_dir, tiny_bert):
+    class Short(_S):
+        max_length = 6
+
+    splits = load_text_splits(sentiment_dir)
+    info = TASK.describe_backbone(str(tiny_bert), Short())
+    prepared, stats = TASK.prepare([info], splits, Short())
+    assert prepared[info.name].splits["train"].lengths.max() == 6
+    assert stats.runs == 2  # the statistics pass, then the truncated one
+
+
+def test_missing_folder_and_offline_hub_id_fail_before_any_trial(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        TASK.describe_backbone(str(tmp_path / "nope"), _S())
+    with pytest.raises(UserError, match="neither a local folder nor loadable from the model hub"):
+        TASK.describe_backbone("no-such-org/no-such-model-xyz", _S())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a Hugging Face model folder"):
+        TASK.describe_backbone(str(tmp_path / "empty"), _S())
