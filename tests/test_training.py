@@ -79,3 +79,29 @@ def test_export_rebuilds_the_trial_from_its_checkpoint(ctx, tmp_path):
     clf = pipeline("text-classification", model=str(out))
     preds = clf(["great superb wonderful film", "awful boring terrible plot"])
     assert {p["label"] for p in preds} <= {"negative", "positive"}
+
+
+def test_trial_limits_torch_threads_to_its_cpu_share(ctx):
+    import dataclasses
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        one = dataclasses.replace(ctx, threads=1, max_epochs=1, evals_per_epoch=1)
+        config = {"backbone": next(iter(ctx.backbones)), "strategy": "linear_probe", "batch_size": 32}
+        train(config, one, lambda m, c: None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_diverging_loss_fails_the_trial_with_a_reason(ctx):
+    import dataclasses
+
+    from autotransfer.training import TrialFailed
+
+    one = dataclasses.replace(ctx, max_epochs=2, evals_per_epoch=1)
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 1e12, "batch_size": 16}
+    with pytest.raises(TrialFailed, match="NaN/inf"):
+        train(config, one, lambda m, c: None)
