@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from rich.console import Console
 
 from autotransfer.errors import UserError
-from autotransfer.results import TrialRecord, rank, record_from_result, save_results
+from autotransfer.results import TrialRecord, environment, rank, record_from_result, save_results
 from autotransfer.settings import SearchSettings
 from autotransfer.space import SearchSpace, load_space
 from autotransfer.tasks import BackboneInfo, get_task
@@ -98,9 +98,8 @@ class _Search:
             raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")
         splits = self.task.load_data(s)
         backbones = {name: self.task.describe_backbone(name, s) for name in space.backbones}
-        needs_layers = [n for n in ("freeze",) if n in space.strategies]
         for name, bb in backbones.items():
-            if needs_layers and bb.num_layers == 0:
+            if "freeze" in space.strategies and bb.num_layers == 0:
                 raise UserError(f"backbone {name!r}: no repeated layers found, so strategy 'freeze' cannot apply; "
                                 "drop it with --strategies")
         return space, splits, backbones
@@ -154,7 +153,21 @@ class _Search:
                        "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
                        "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed},
         }
+        meta["environment"] = environment()
         live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console)
+
+        def rewrite_report() -> None:
+            """Keep results.json and the page current while trials finish (watchable, and kept if interrupted)."""
+            try:
+                interim = live.records()
+                partial = {**meta, "live": True, "wall_time_s": time.perf_counter() - t_start,
+                           "trial_hours": sum(r.wall_time_s for r in interim) / 3600}
+                save_results(out, interim, s.metric, partial)
+                write_report(out, interim, partial)
+            except Exception as exc:  # a report glitch must never stop the search
+                self.log(f"(could not refresh the report: {exc})")
+
+        live.on_trial_end = rewrite_report
         live.start()
         try:
             grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, cluster, [live])

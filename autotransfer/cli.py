@@ -24,6 +24,10 @@ examples:
   autotransfer search --task text-cls --data reviews.csv --text-col review --label-col stars \\
       --backbones distilbert-base-uncased,roberta-base --num-samples 20 --gpus-per-trial 0.5
 
+  # photos in class folders (or train/val/test/<class>/), local timm backbones
+  autotransfer search --task image-cls --data ../shared/data/hymenoptera \\
+      --space search_spaces/image-cls-local.yaml --num-samples 8
+
   # only LoRA and full fine-tuning, 30 minutes at most
   autotransfer search --task text-cls --data data/ --strategies lora,full --time-budget 1800
 
@@ -47,6 +51,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--text-col", help="text column (default: detected: text, sentence, ...)")
     d.add_argument("--text-pair-col", help="second text column for sentence pairs")
+    d.add_argument("--image-col", help="image-cls CSV: column of image paths (default: detected: path, image, ...)")
     d.add_argument("--label-col", help="label column (default: detected: label, category, ...)")
     d.add_argument("--val-frac", type=float, default=0.1, help="validation share when no validation file")
     d.add_argument("--test-frac", type=float, default=0.1, help="test share when no test file")
@@ -83,8 +88,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                        epilog="example:\n  autotransfer predict --model reports/<run>/best --data new.csv "
                               "--output predictions.csv", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="a folder exported by `search` (<run>/best)")
-    p.add_argument("--data", required=True, type=Path, help="CSV/TSV/JSONL with a text column")
-    p.add_argument("--text-col")
+    p.add_argument("--data", required=True, type=Path,
+                   help="text: CSV/TSV/JSONL with a text column; images: a folder, or a CSV of image paths")
+    p.add_argument("--text-col", help="text column (default: detected)")
+    p.add_argument("--image-col", help="image path column of a CSV (default: detected)")
     p.add_argument("--output", type=Path, help="where to write predictions (default: stdout as CSV)")
     p.add_argument("--batch-size", type=int, default=32)
 
@@ -133,7 +140,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from autotransfer.predict import predict_rows
 
-    rows = predict_rows(args.model, args.data, text_col=args.text_col, batch_size=args.batch_size)
+    rows = predict_rows(args.model, args.data, text_col=args.text_col, image_col=args.image_col,
+                        batch_size=args.batch_size)
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         writer = None

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from autotransfer.backbones import display_name
-from autotransfer.results import COMPLETED, FAILED, RUNNING, STOPPED, one_line
+from autotransfer.results import COMPLETED, FAILED, RUNNING, STOPPED, TrialRecord, one_line, rank
 
 
 class LiveLeaderboard(Callback):
@@ -51,8 +51,10 @@ class LiveLeaderboard(Callback):
         if entry is None:
             cfg = trial.config or {}
             entry = {"id": trial.trial_id, "backbone": display_name(str(cfg.get("backbone", "?"))),
-                     "strategy": str(cfg.get("strategy", "?")), "best": -math.inf, "epoch": 0.0,
-                     "status": RUNNING, "error": None}
+                     "backbone_full": str(cfg.get("backbone", "?")), "strategy": str(cfg.get("strategy", "?")),
+                     "params": {k: v for k, v in cfg.items() if k not in ("backbone", "strategy")},
+                     "best": -math.inf, "epoch": 0.0, "status": RUNNING, "error": None, "history": [],
+                     "iterations": 0, "last": {}}
             self.trials[trial.trial_id] = entry
         return entry
 
@@ -69,6 +71,9 @@ class LiveLeaderboard(Callback):
             e["best"] = float(value)
         e["epoch"] = float(result.get("epoch", e["epoch"]))
         e["iterations"] = int(result.get("training_iteration", 0))
+        e["last"] = dict(result)
+        if value is not None:
+            e["history"].append([e["epoch"], float(value)])
         self._refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -97,6 +102,20 @@ class LiveLeaderboard(Callback):
         self._refresh()
         if self.on_trial_end is not None:
             self.on_trial_end()
+
+    def records(self) -> list[TrialRecord]:
+        """Interim trial records (for the report rewritten while the search runs)."""
+        out = []
+        for e in self.trials.values():
+            last = e["last"]
+            best = max(e["history"], key=lambda ev: ev[1]) if e["history"] else None
+            out.append(TrialRecord(
+                trial_id=e["id"], backbone=e["backbone_full"], strategy=e["strategy"], params=e["params"],
+                status=e["status"], iterations=e["iterations"], epochs=e["epoch"],
+                best_metric=best[1] if best else None, best_epoch=best[0] if best else None,
+                wall_time_s=float(last.get("time_total_s", 0.0)), trainable_params=last.get("trainable_params"),
+                total_params=last.get("total_params"), error=e["error"], history=list(e["history"])))
+        return rank(out)
 
     # ---------------------------------------------------------------- drawing
     def table(self) -> Table:

@@ -11,7 +11,7 @@ from autotransfer.export import SIDECAR
 from autotransfer.tasks import get_task
 
 
-def predict_rows(model_dir: Path, data: Path, *, text_col: Optional[str] = None,
+def predict_rows(model_dir: Path, data: Path, *, text_col: Optional[str] = None, image_col: Optional[str] = None,
                  batch_size: int = 32) -> Iterator[dict[str, Any]]:
     """Yield the input rows with ``prediction`` (label name) and ``score`` added."""
     model_dir, data = Path(model_dir), Path(data)
@@ -23,4 +23,4 @@ def predict_rows(model_dir: Path, data: Path, *, text_col: Optional[str] = None,
     if not data.exists():
         raise UserError(f"--data: {data} does not exist")
     task = get_task(json.loads(sidecar.read_text())["task"])
-    return task.predict(model_dir, data, {"text_col": text_col, "batch_size": batch_size})
+    return task.predict(model_dir, data, {"text_col": text_col, "image_col": image_col, "batch_size": batch_size})

@@ -41,6 +41,7 @@ class TrialRecord:
     checkpoint: Optional[str] = None
     last_metrics: dict[str, Any] = field(default_factory=dict)
     rank: Optional[int] = None
+    checkpoint_bytes: Optional[int] = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -87,6 +88,9 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
     elif result.checkpoint is not None:
         checkpoint = result.checkpoint.path
     trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
+    size = None
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        size = sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
     keep = ("val_loss", "train_loss", "samples_per_s", metric)
     return TrialRecord(
         trial_id=trial_id,
@@ -105,7 +109,32 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
         history=history,
         checkpoint=checkpoint,
         last_metrics={k: metrics[k] for k in keep if k in metrics},
+        checkpoint_bytes=size,
     )
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and library versions, for the report."""
+    import importlib.metadata as md
+    import os
+    import platform
+
+    versions = {}
+    for pkg in ("autotransfer", "torch", "transformers", "timm", "peft", "optuna", "ray", "scikit-learn"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    except Exception:  # pragma: no cover
+        pass
+    return {"cpus": os.cpu_count(), "gpu": gpu, "platform": f"{platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}", "versions": versions}
 
 
 def _int_or_none(v: Any) -> Optional[int]:

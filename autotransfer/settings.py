@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,6 +59,8 @@ class SearchSettings:
     # data
     text_col: Optional[str] = None
     text_pair_col: Optional[str] = None
+    #: image-cls CSV: the column holding image paths
+    image_col: Optional[str] = None
     label_col: Optional[str] = None
     val_frac: float = 0.1
     test_frac: float = 0.1
@@ -90,7 +92,6 @@ class SearchSettings:
     verbose: bool = False
     #: the command line that produced these settings, for the report
     command: Optional[str] = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -41,7 +41,11 @@ TRAINING_PARAMS = {
     "weight_decay": "AdamW weight decay",
     "warmup_ratio": "share of steps with linear learning-rate warm-up",
     "label_smoothing": "cross-entropy label smoothing",
+    "augment": "image augmentation strength: none, light or strong (image-cls)",
 }
+#: recommended values of the training parameters (used by warm-start trials when the space allows them)
+TRAINING_DEFAULTS = {"batch_size": 32, "weight_decay": 0.01, "warmup_ratio": 0.06, "label_smoothing": 0.0,
+                     "augment": "light"}
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 LAYERS_SYMBOL = "num_layers"
 _TOP_KEYS = {"task", "description", "backbones", "params", "strategies"}
@@ -123,7 +127,11 @@ class SearchSpace:
     def warm_start_points(self, limit: int) -> list[dict[str, Any]]:
         """One starting point per strategy, backbones alternating, at most ``limit``.
 
-        Only backbone and strategy are fixed; the sampler draws the other parameters.
+        Each point uses the strategy's recommended hyperparameters (its ``defaults``, and
+        :data:`TRAINING_DEFAULTS`) moved into the space's range; parameters without a
+        default are left to the sampler.  Good defaults first, then search, is what a
+        practitioner would do by hand, and it keeps an unlucky early draw from writing off a
+        backbone or strategy.
         """
         points = []
         for i, strategy in enumerate(self.strategies):
@@ -132,6 +140,11 @@ class SearchSpace:
                 point["strategy"] = strategy
             if len(self.backbones) > 1:
                 point["backbone"] = self.backbones[i % len(self.backbones)]
+            defaults = {**TRAINING_DEFAULTS, **get_strategy(strategy).defaults}
+            for p in list(self.params.values()) + list(self.strategies[strategy].values()):
+                value = _fit(p, defaults.get(p.name))
+                if value is not None:
+                    point[p.name] = value
             if point:
                 points.append(point)
         return points[:limit]
@@ -167,6 +180,19 @@ class DefineByRun:
             if p.distribution == "constant":
                 constants[p.name] = value
         return constants
+
+
+def _fit(p: Param, value: Any) -> Any:
+    """``value`` moved into ``p``'s range (None if it has no place there)."""
+    if value is None or p.distribution == "constant":
+        return None
+    if p.distribution == "categorical":
+        return value if value in (p.choices or ()) else None
+    if LAYERS_SYMBOL in (p.low, p.high) or isinstance(value, (str, bool)):
+        return None
+    low, high = float(p.low), float(p.high)  # type: ignore[arg-type]
+    fitted = min(max(float(value), low), high)
+    return int(round(fitted)) if p.distribution == "int" else fitted
 
 
 def _choose(trial: Any, name: str, options: list[str], constants: dict[str, Any]) -> str:
@@ -221,6 +247,9 @@ def load_space(path: Path) -> SearchSpace:
 
 
 def _resolve_backbone_path(name: str, base: Path) -> str:
+    prefix = "local-dir:"
+    if name.startswith(prefix):
+        return prefix + _resolve_backbone_path(name[len(prefix):], base)
     if name.startswith(("./", "../", "/", "~")):
         return str((base / Path(name).expanduser()).resolve())
     return name

@@ -19,7 +19,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -62,7 +62,6 @@ class TrialContext:
     seed: int = 0
     use_gpu: bool = False
     trust_remote_code: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def device_for(use_gpu: bool) -> torch.device:

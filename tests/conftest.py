@@ -141,3 +141,98 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# --------------------------------------------------------------------------- images
+def draw_shape(rng, colour: tuple[int, int, int], size: int = 64):
+    """A noisy background with a filled shape of roughly ``colour``."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    bg = rng.integers(90, 166, size=(size, size, 3), dtype=np.uint8)
+    im = Image.fromarray(bg)
+    d = ImageDraw.Draw(im)
+    x0, y0 = (int(v) for v in rng.integers(4, size // 2, size=2))
+    w = int(rng.integers(size // 4, size // 2))
+    jitter = tuple(int(max(0, min(255, c + rng.integers(-30, 30)))) for c in colour)
+    (d.ellipse if rng.random() < 0.5 else d.rectangle)([x0, y0, x0 + w, y0 + w], fill=jitter)
+    return im
+
+
+def make_image_tree(root: Path, per_class: int, seed: int, quirks: bool = False) -> Path:
+    """``root/<class>/*.png`` with red vs blue shapes; ``quirks`` adds odd modes and bad files."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for cls, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        d = root / cls
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            draw_shape(rng, colour).save(d / f"{cls}_{i}.png")
+    if quirks:
+        draw_shape(rng, (220, 30, 30)).convert("L").save(root / "red" / "gray.png")
+        draw_shape(rng, (220, 30, 30)).convert("RGBA").save(root / "red" / "alpha.png")
+        draw_shape(rng, (30, 30, 220)).convert("P").save(root / "blue" / "palette.gif")
+        draw_shape(rng, (30, 30, 220)).save(root / "blue" / "photo.jpg", quality=90)
+        (root / "blue" / "empty.jpg").write_bytes(b"")
+        good = (root / "red" / "red_0.png").read_bytes()
+        (root / "red" / "truncated.png").write_bytes(good[: len(good) // 3])
+        (root / "red" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """train/val/test ImageFolder splits of red vs blue shapes."""
+    root = tmp_path_factory.mktemp("shapes")
+    make_image_tree(root / "train", 40, 0)
+    make_image_tree(root / "val", 12, 1)
+    make_image_tree(root / "test", 12, 2)
+    return root
+
+
+def _save_timm(tmp_path_factory, name: str) -> Path:
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("timm") / name
+    save_for_hf(timm.create_model(name, pretrained=False), str(d), safe_serialization=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet(tmp_path_factory) -> Path:
+    """timm's test_resnet (random weights) as a local-dir: folder."""
+    return _save_timm(tmp_path_factory, "test_resnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    """timm's test_vit (random weights) as a local-dir: folder."""
+    return _save_timm(tmp_path_factory, "test_vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_space(tmp_path_factory, tiny_resnet, tiny_vit) -> Path:
+    p = tmp_path_factory.mktemp("spaces") / "tiny-image.yaml"
+    p.write_text(textwrap.dedent(f"""\
+        task: image-cls
+        backbones: [local-dir:{tiny_resnet}, local-dir:{tiny_vit}]
+        params:
+          batch_size: [16]
+          augment: [none, light]
+        strategies:
+          linear_probe:
+            head_lr: {{distribution: loguniform, low: 1.0e-3, high: 1.0e-2}}
+          freeze:
+            freeze_depth: {{distribution: int, low: 0, high: num_layers}}
+            lr: {{distribution: loguniform, low: 1.0e-3, high: 5.0e-3}}
+          full:
+            lr: {{distribution: loguniform, low: 1.0e-3, high: 5.0e-3}}
+          lora:
+            lr: {{distribution: loguniform, low: 3.0e-3, high: 1.0e-2}}
+            lora_r: [2, 4]
+        """))
+    return p

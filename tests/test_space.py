@@ -83,6 +83,22 @@ def test_restrict_and_warm_start(tmp_path):
     assert space.warm_start_points(10) == [
         {"strategy": "linear_probe", "backbone": "a"}, {"strategy": "full", "backbone": "b"},
         {"strategy": "lora", "backbone": "a"}]
+    assert len(space.warm_start_points(2)) == 2
+
+
+def test_warm_start_uses_recommended_values_inside_the_space(tmp_path):
+    space = load_space(_write(tmp_path, """
+backbones: [a]
+params: {batch_size: [16, 32], weight_decay: {distribution: loguniform, low: 1.0e-4, high: 1.0e-3}}
+strategies:
+  full: {lr: {distribution: loguniform, low: 1.0e-5, high: 1.0e-4}, head_lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}}
+  lora: {lr: {distribution: loguniform, low: 1.0e-3, high: 1.0e-2}, lora_r: [2, 4]}
+  freeze: {freeze_depth: {distribution: int, low: 0, high: num_layers}}
+"""))
+    full, lora, freeze = space.warm_start_points(3)
+    assert full == {"strategy": "full", "batch_size": 32, "weight_decay": 1e-3, "lr": 3e-5}  # head_lr: no default
+    assert lora["lr"] == 1e-3 and "lora_r" not in lora  # default 5e-4 moved into range; r=8 not a choice
+    assert "freeze_depth" not in freeze
     small = space.restrict(backbones=["c"], strategies=["lora"])
     assert small.backbones == ["c"] and list(small.strategies) == ["lora"]
     with pytest.raises(UserError, match="unknown strategy 'nope'"):

@@ -20,10 +20,10 @@ class Freeze(Strategy):
         "lr": "learning rate of the unfrozen backbone blocks",
         "head_lr": "learning rate of the head (defaults to lr)",
     }
-    defaults = {"freeze_depth": 0, "lr": 5e-5, "head_lr": None}
+    defaults = {"freeze_depth": None, "lr": 5e-5, "head_lr": None}
 
     def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
-        depth = int(self.hp(config, "freeze_depth"))
+        depth = int(config.get("freeze_depth") or 0)
         depth = max(0, min(depth, bundle.num_layers))
         lr = float(self.hp(config, "lr"))
         head_lr = config.get("head_lr") or lr

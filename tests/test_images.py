@@ -1,0 +1,96 @@
+"""Image data: folder layouts, odd formats, bad files, one decode per preprocessing, timm layouts."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from autotransfer.errors import UserError
+from autotransfer.images import BadImagesWarning, decode_images, load_image_splits
+from autotransfer.strategies import count_parameters, get_strategy
+from autotransfer.tasks import get_task
+from conftest import make_image_tree
+
+TASK = get_task("image-cls")
+
+
+class _S:
+    def __init__(self, data=None):
+        self.data, self.cpus_per_trial = data, 1
+
+
+def test_split_folders_are_used_as_given(shapes_dir):
+    s = load_image_splits(shapes_dir)
+    assert (len(s.train), len(s.validation), len(s.test)) == (80, 24, 24)
+    assert s.label_names == ["blue", "red"]
+    assert s.source["given_splits"] == ["test", "train", "validation"]
+
+
+def test_class_tree_without_splits_is_carved_and_quirks_are_handled(tmp_path):
+    root = make_image_tree(tmp_path / "photos", 20, 3, quirks=True)
+    with pytest.warns(BadImagesWarning, match="notes.txt"):
+        s = load_image_splits(root, val_frac=0.2, test_frac=0.2, seed=0)
+    assert len(s.train) + len(s.validation) + len(s.test) == 40 + 6  # 4 odd modes + 2 broken files listed
+    paths = s.train.inputs + s.validation.inputs + s.test.inputs
+    with pytest.warns(BadImagesWarning) as caught:
+        pixels, keep = decode_images(paths, 32)
+    message = str(caught[0].message)
+    assert "empty.jpg" in message and "truncated.png" in message and "skipped 2" in message
+    assert pixels.shape == (44, 32, 32, 3) and pixels.dtype == np.uint8  # grey, RGBA, GIF, JPEG -> RGB
+
+
+def test_csv_of_paths(tmp_path):
+    root = make_image_tree(tmp_path / "imgs", 10, 4)
+    rows = ["path,label"] + [f"imgs/{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
+    rows.append("imgs/red/missing.png,red")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(BadImagesWarning, match="do not exist"):
+        s = load_image_splits(tmp_path / "labels.csv", val_frac=0.2, test_frac=0.2)
+    assert len(s.train) + len(s.validation) + len(s.test) == 20
+
+
+@pytest.mark.parametrize("build,needle", [
+    (lambda r: (r / "a").mkdir(parents=True), "holds no images"),
+    (lambda r: r.mkdir(), "no class folders"),
+    (lambda r: make_image_tree(r, 3, 0) and [p.unlink() for p in (r / "blue").iterdir()] and (r / "blue").rmdir(),
+     "single class"),
+])
+def test_bad_image_folders(tmp_path, build, needle):
+    root = tmp_path / "bad"
+    build(root)
+    with pytest.raises(UserError, match=needle):
+        load_image_splits(root)
+
+
+def test_decoding_happens_once_per_distinct_preprocessing(shapes_dir, tiny_resnet, tiny_vit, tmp_path):
+    splits = load_image_splits(shapes_dir)
+    infos = [TASK.describe_backbone(f"local-dir:{p}", _S()) for p in (tiny_resnet, tiny_vit)]
+    infos.append(TASK.describe_backbone(f"local-dir:{tiny_resnet}", _S()))
+    infos[-1].name = "resnet-again"
+    prepared, stats = TASK.prepare(infos, splits, _S(shapes_dir))
+    # test_resnet resizes bilinear, test_vit bicubic: two preprocessings for three backbones
+    assert stats.distinct == 2 and stats.runs == 2
+    assert prepared["resnet-again"].splits is prepared[infos[0].name].splits
+    x, y = next(iter(TASK.batches(prepared[infos[0].name], "train", 8, train=True, config={"augment": "strong"})))
+    assert x["x"].shape == (8, 3, 160, 160) and x["x"].dtype == torch.float32 and y.shape == (8,)
+
+
+def test_timm_groups_drive_freeze_depth_and_lora(tiny_resnet):
+    info = TASK.describe_backbone(f"local-dir:{tiny_resnet}", _S())
+    assert info.num_layers == 4  # test_resnet: one block per stage
+    bundle = TASK.build(info, ["blue", "red"], {})
+    adapted = get_strategy("freeze").apply(bundle, {"freeze_depth": 2, "lr": 1e-3})
+    trainable = {n for n, p in adapted.model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("conv1", "bn1", "layer1.", "layer2.")) for n in trainable)
+    assert any(n.startswith("layer3.") for n in trainable) and {"fc.weight", "fc.bias"} <= trainable
+    full, _ = count_parameters(get_strategy("full").apply(TASK.build(info, ["blue", "red"], {}), {}).model)
+    lora, _ = count_parameters(get_strategy("lora").apply(TASK.build(info, ["blue", "red"], {}), {"lora_r": 2}).model)
+    assert 0 < lora < full / 2
+
+
+def test_unknown_timm_name_is_refused():
+    with pytest.raises(UserError, match="not a timm model name"):
+        TASK.describe_backbone("resnet9000_imaginary", _S())

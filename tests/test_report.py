@@ -1,0 +1,101 @@
+"""The HTML report, built from a saved results folder: figures, ranking, escaping, rebuild."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from autotransfer.report import (confusion_matrix, cost_vs_quality, importance, learning_curves, leaderboard_frame,
+                                 parallel_coordinates, pareto_front, strategy_backbone_grid, write_report)
+from autotransfer.results import TrialRecord, load_results, rank, save_results
+
+XSS = "<script>alert(1)</script>"
+
+
+def _record(i, strategy, backbone, score, status="completed", **params):
+    history = [[e, score - 0.1 / e] for e in (1.0, 2.0, 3.0)][: 1 if status == "stopped_early" else 3]
+    return TrialRecord(trial_id=f"t{i}", backbone=backbone, strategy=strategy, params=params, status=status,
+                       iterations=len(history), epochs=history[-1][0] if history else 0.0,
+                       best_metric=None if status == "failed" else max(v for _, v in history),
+                       best_epoch=1.0, wall_time_s=10.0 * (i + 1), trainable_params=1000 * (i + 1),
+                       total_params=100_000, error="TrialFailed: loss became NaN" if status == "failed" else None,
+                       history=[] if status == "failed" else history, checkpoint_bytes=2048 * (i + 1))
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    records = rank([
+        _record(0, "full", "/models/bert", 0.91, lr=3e-5, batch_size=16, weight_decay=0.01),
+        _record(1, "lora", "/models/bert", 0.89, lr=5e-4, batch_size=32, weight_decay=0.001, lora_r=8),
+        _record(2, "linear_probe", f"/models/{XSS}", 0.70, status="stopped_early", head_lr=1e-3, batch_size=16,
+                weight_decay=0.02),
+        _record(3, "freeze", "/models/distil", 0.85, lr=1e-4, batch_size=32, weight_decay=0.005, freeze_depth=2),
+        _record(4, "full", "/models/distil", 0.0, status="failed", lr=1e-2, batch_size=16, weight_decay=0.1),
+        _record(5, "lora", "/models/distil", 0.86, lr=1e-3, batch_size=16, weight_decay=0.003, lora_r=4),
+    ])
+    meta = {
+        "run_name": "demo", "task": "text-cls", "metric": "accuracy", "command": f"autotransfer search --data {XSS}",
+        "data": {"data": "reviews.csv", "label_names": ["neg", XSS],
+                 "splits": {"train": {"rows": 100, "class_counts": {"neg": 50, XSS: 50}}}},
+        "engine": {"sampler": "tpe", "seed": 0, "num_samples": 6, "grace_period_epochs": 1, "reduction_factor": 2,
+                   "max_epochs": 3, "evals_per_epoch": 1},
+        "environment": {"cpus": 2, "gpu": None, "platform": "Linux", "versions": {"torch": "2"}},
+        "test": {"test_metrics": {"accuracy": 0.9, "f1_macro": 0.89}, "confusion_matrix": [[9, 1], [1, 9]],
+                 "per_class": {"neg": {"precision": 0.9, "recall": 0.9, "f1-score": 0.9},
+                               XSS: {"precision": 0.9, "recall": 0.9, "f1-score": 0.9}}},
+        "wall_time_s": 60.0, "trial_hours": 0.02, "dashboard": "127.0.0.1:8265",
+    }
+    save_results(tmp_path, records, "accuracy", meta)
+    return tmp_path
+
+
+def test_figures_are_built_from_saved_results(run_dir):
+    records, meta = load_results(run_dir)
+    curves = learning_curves(records, "accuracy")
+    stopped_marks = [t for t in curves.data if t.marker.symbol == "x"]
+    assert len(stopped_marks) == 1  # the early-stopped trial is visibly cut off
+    grid = strategy_backbone_grid(records, "accuracy")
+    assert grid.data[0].z.shape == (4, 3)
+    assert len(cost_vs_quality(records, "accuracy").data) >= 4
+    assert parallel_coordinates(records, "accuracy") is not None
+    imp = importance(records, "accuracy")
+    assert imp is not None and abs(sum(imp.data[0].x) - 1.0) < 1e-6
+    cm = confusion_matrix(meta["test"], meta["data"]["label_names"])
+    assert cm.data[0].z == ((9, 1), (1, 9)) or list(map(list, cm.data[0].z)) == [[9, 1], [1, 9]]
+
+
+def test_pareto_front():
+    costs, scores = [1, 2, 3, 4, 5], [0.5, 0.7, 0.6, 0.9, 0.8]
+    assert pareto_front(costs, scores) == [0, 1, 3]
+
+
+def test_table_is_ranked_with_statuses_and_test_metric_for_the_best(run_dir):
+    records, _ = load_results(run_dir)
+    df = leaderboard_frame(records, "accuracy", {"accuracy": 0.9})
+    assert df["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert df["val accuracy"].dropna().is_monotonic_decreasing
+    assert df["test accuracy"].iloc[0] == 0.9 and df["test accuracy"].iloc[1:].isna().all()
+    assert "stopped early by ASHA at rung 1" in df["status"].tolist()
+    assert df["status"].iloc[-1] == "failed: TrialFailed: loss became NaN"
+
+
+def test_page_is_self_contained_and_escapes_user_strings(run_dir):
+    records, meta = load_results(run_dir)
+    page = write_report(run_dir, records, meta).read_text()
+    assert XSS not in page  # never raw, anywhere: table, header, figure JSON
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("<script") == page.count("</script>")
+    assert not re.search(r"<script[^>]*\ssrc=", page) and not re.search(r"<link[^>]*\shref=", page)  # nothing fetched
+    assert len(re.findall(r"Plotly\.newPlot", page)) >= 5
+    assert page.count("plotly.js v") == 1  # plotly.js embedded once
+    assert 'id="leaderboard"' in page and "127.0.0.1:8265" in page
+
+
+def test_report_command_rebuilds_the_page(run_dir):
+    from autotransfer.cli import main
+
+    (run_dir / "leaderboard.html").unlink(missing_ok=True)
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "leaderboard.html").stat().st_size > 1_000_000 or (run_dir / "leaderboard.html").exists()
