@@ -11,17 +11,20 @@ tested -> results and report written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from rich.console import Console
 
 from autotransfer.errors import UserError
-from autotransfer.results import TrialRecord, environment, rank, record_from_result, save_results
+from autotransfer.results import FAILED, INTERRUPTED, TrialRecord, environment, rank, record_from_result, save_results
 from autotransfer.settings import SearchSettings
 from autotransfer.space import SearchSpace, load_space
 from autotransfer.tasks import BackboneInfo, get_task
@@ -32,6 +35,10 @@ RUN_MARKERS = ("settings.json", "results.json", "tune")
 
 class SearchFailed(RuntimeError):
     """Every trial failed; the message says why (exit code 1)."""
+
+
+class SearchInterrupted(RuntimeError):
+    """The search was stopped (Ctrl-C) before every trial finished; the message says how to resume."""
 
 
 @dataclass
@@ -50,6 +57,15 @@ class SearchResult:
     @property
     def leaderboard(self) -> list[TrialRecord]:
         return self.records
+
+
+def resume(run_dir: Path | str, *, console: Optional[Console] = None) -> SearchResult:
+    """Continue an interrupted search in ``run_dir`` (Ctrl-C, a killed process, a reboot).
+
+    Finished trials are kept as they were, unfinished ones restart from their last checkpoint,
+    and the sampler keeps its history (Ray Tune restore).
+    """
+    return _Search(settings_for_resume(Path(run_dir)), console or Console(stderr=True)).run()
 
 
 def search(settings: Optional[SearchSettings] = None, *, console: Optional[Console] = None,
@@ -75,10 +91,55 @@ def check_output(settings: SearchSettings) -> None:
     parent = out
     while not parent.exists():
         parent = parent.parent
-    import os
+    if not parent.is_dir():
+        raise UserError(f"--output: {parent} is a file, so {out} cannot be created")
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or /proc
+        tempfile.TemporaryDirectory(dir=parent, prefix=".autotransfer-probe-").cleanup()
+    except OSError:
+        raise UserError(f"--output: {parent} is not writable") from None
 
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"--output: {parent} is not writable")
+
+def data_fingerprint(path: Path) -> str:
+    """Names, sizes and modification times of the data files: a resumed run must see the same data."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()
+
+
+def settings_for_resume(run_dir: Path) -> SearchSettings:
+    """The settings of the run in ``run_dir``, marked to resume."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    saved = run_dir / "settings.json"
+    if not saved.is_file() or not (run_dir / "tune").is_dir():
+        raise UserError(f"{run_dir}: no interrupted run here to resume (expected settings.json and tune/)")
+    data = json.loads(saved.read_text())
+    data.update(output=str(run_dir), resume=True, overwrite=False)
+    return SearchSettings.from_dict(data)
+
+
+@dataclass
+class ReportWriter:
+    """Rewrites results.json and the page as trials finish (picklable: Ray stores it for restore)."""
+
+    out: Path
+    metric: str
+    meta: dict[str, Any]
+    started: float
+
+    def __call__(self, live: Any) -> None:
+        from autotransfer.report import write_report
+
+        try:
+            interim = live.records()
+            partial = {**self.meta, "live": True, "wall_time_s": time.time() - self.started,
+                       "trial_hours": sum(r.wall_time_s for r in interim) / 3600}
+            save_results(self.out, interim, self.metric, partial)
+            write_report(self.out, interim, partial)
+        except Exception as exc:  # a report glitch must never stop the search
+            print(f"(could not refresh the report: {exc})", file=sys.stderr)
 
 
 class _Search:
@@ -92,7 +153,12 @@ class _Search:
     # ------------------------------------------------------------ validation
     def validate(self) -> tuple[SearchSpace, Any, dict[str, BackboneInfo]]:
         s = self.s
-        check_output(s)
+        if s.resume:
+            saved = json.loads((s.output / "settings.json").read_text())  # type: ignore[operator]
+            if saved.get("data_fingerprint") not in (None, data_fingerprint(s.data)):
+                raise UserError(f"--data: {s.data} changed since the run started; resuming would mix datasets")
+        else:
+            check_output(s)
         space = load_space(s.space).restrict(s.backbones, s.strategies)  # type: ignore[arg-type]
         if space.task and space.task != s.task:
             raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")
@@ -103,6 +169,18 @@ class _Search:
                 raise UserError(f"backbone {name!r}: no repeated layers found, so strategy 'freeze' cannot apply; "
                                 "drop it with --strategies")
         return space, splits, backbones
+
+    def _fresh_output(self, out: Path) -> None:
+        if self.s.overwrite and out.is_dir():
+            for m in RUN_MARKERS + ("results.csv", "leaderboard.html", "best", "test_metrics.json"):
+                p = out / m
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "settings.json").write_text(json.dumps({**self.s.to_dict(), "resume": False,
+                                                       "data_fingerprint": data_fingerprint(self.s.data)}, indent=2))
 
     # ------------------------------------------------------------------ run
     def run(self) -> SearchResult:
@@ -131,16 +209,10 @@ class _Search:
         # inputs are valid: only now is anything written
         out = s.output
         assert out is not None
-        if s.overwrite and out.is_dir():
-            for m in RUN_MARKERS + ("results.csv", "leaderboard.html", "best", "test_metrics.json"):
-                p = out / m
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "settings.json").write_text(json.dumps(s.to_dict(), indent=2))
-
+        if s.resume:
+            self.log(f"resuming the run in {out}")
+        else:
+            self._fresh_output(out)
         ctx = TrialContext(task=s.task, backbones=backbones, prepared=prepared, label_names=splits.label_names,
                            metric=s.metric, max_epochs=s.max_epochs, evals_per_epoch=s.evals_per_epoch,
                            precision=s.precision, threads=s.torch_threads, seed=s.seed,
@@ -148,35 +220,33 @@ class _Search:
         meta: dict[str, Any] = {
             "run_name": s.run_name, "task": s.task, "metric": s.metric, "command": s.command,
             "data": summary, "space": space.to_dict(), "dashboard": cluster.dashboard_url,
-            "preparation": prep.to_dict(),
-            "engine": {"sampler": s.sampler, "scheduler": "asha", "max_epochs": s.max_epochs,
+            "preparation": prep.to_dict(), "environment": environment(),
+            "engine": {"sampler": s.sampler, "scheduler": s.scheduler, "max_epochs": s.max_epochs,
                        "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
                        "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed},
         }
-        meta["environment"] = environment()
-        live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console)
-
-        def rewrite_report() -> None:
-            """Keep results.json and the page current while trials finish (watchable, and kept if interrupted)."""
-            try:
-                interim = live.records()
-                partial = {**meta, "live": True, "wall_time_s": time.perf_counter() - t_start,
-                           "trial_hours": sum(r.wall_time_s for r in interim) / 3600}
-                save_results(out, interim, s.metric, partial)
-                write_report(out, interim, partial)
-            except Exception as exc:  # a report glitch must never stop the search
-                self.log(f"(could not refresh the report: {exc})")
-
-        live.on_trial_end = rewrite_report
+        live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console,
+                               on_trial_end=ReportWriter(out, s.metric, meta, time.time()))
         live.start()
         try:
             grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, cluster, [live])
         finally:
             live.stop()
-        records = rank(record_from_result(r, s.metric, s.max_iterations) for r in grid)
+        records = [record_from_result(r, s.metric, s.max_iterations) for r in grid]
+        unfinished = live.unfinished
+        for r in records:
+            if r.trial_id in unfinished and r.status != FAILED:
+                r.status = INTERRUPTED
+        records = rank(records)
         meta["wall_time_s"] = time.perf_counter() - t_start
         meta["first_result_s"] = live.first_result_s
         meta["trial_hours"] = sum(r.wall_time_s for r in records) / 3600
+        if unfinished:
+            save_results(out, records, s.metric, meta)
+            write_report(out, records, meta)
+            done = sum(1 for r in records if r.status != INTERRUPTED)
+            raise SearchInterrupted(f"search interrupted with {done} of {s.num_samples} trials finished; results so "
+                                    f"far are in {out}; continue with: autotransfer resume {out}")
         best = next((r for r in records if r.ok and r.checkpoint), None)
         if best is None:
             save_results(out, records, s.metric, meta)

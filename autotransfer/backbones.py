@@ -26,7 +26,8 @@ def local_folder(name: str) -> Optional[Path]:
 
 
 def display_name(name: str) -> str:
-    """A short name for tables: a folder's own name, a hub id as is."""
+    """A short name for tables: a folder's own name (``local-dir:`` folders too), a hub id as is."""
+    name = name[len("local-dir:"):] if name.startswith("local-dir:") else name
     return Path(name).name if name.startswith(("/", "./", "../", "~")) else name
 
 

@@ -6,13 +6,14 @@ Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from autotransfer.errors import UserError
-from autotransfer.settings import METRICS, PRECISIONS, SAMPLERS, TASKS
+from autotransfer.settings import METRICS, PRECISIONS, SAMPLERS, SCHEDULERS, TASKS
 
 SEARCH_EXAMPLES = """\
 examples:
@@ -63,6 +64,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--cpus-per-trial", type=float, default=1.0)
     e.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
     e.add_argument("--sampler", default="tpe", choices=SAMPLERS)
+    e.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
+                   help="asha stops weak trials early (default); fifo runs every trial to the end")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-epochs", type=int, default=3)
     e.add_argument("--evals-per-epoch", type=int, default=2, help="validation rounds per epoch (ASHA rungs)")
@@ -78,6 +81,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--output", type=Path, help="run folder (default: reports/<run-name>)")
     o.add_argument("--run-name")
     o.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
+    o.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --output (same as `autotransfer resume DIR`)")
     o.add_argument("--keep-checkpoints", action="store_true", help="keep every trial's best checkpoint")
     o.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     o.add_argument("--verbose", action="store_true", help="show Ray's and the trials' logs")
@@ -96,11 +101,21 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
 
 
+def _add_resume(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("resume", help="continue an interrupted search",
+                       description="Continue the search in a run folder after Ctrl-C, a killed process or a reboot: "
+                                   "finished trials are kept, unfinished ones restart from their last checkpoint.",
+                       epilog="example:\n  autotransfer resume reports/<run>",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path)
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="rebuild leaderboard.html from a run's saved results",
                        epilog="example:\n  autotransfer report reports/<run>",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path)
+    p.add_argument("--screenshot", type=Path, help="also save a full-page PNG (needs playwright and chromium)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,22 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_search(sub)
+    _add_resume(sub)
     _add_predict(sub)
     _add_report(sub)
     return parser
 
 
 def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from autotransfer.api import search
+    from autotransfer.api import resume, search
     from autotransfer.settings import SearchSettings
 
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
+    if args.resume:
+        if args.output is None:
+            raise UserError("--resume needs --output pointing at the run to continue")
+        return _report_result(resume(args.output))
     settings = SearchSettings(**fields, command="autotransfer " + shlex.join(argv))
-    result = search(settings)
+    return _report_result(search(settings))
+
+
+def _report_result(result: Any) -> int:
+    metric = json.loads((result.output / "settings.json").read_text()).get("metric", "accuracy")
     best = result.best
     assert best is not None
-    print(f"\nbest: {best.backbone} / {best.strategy}  validation {settings.metric} {best.best_metric:.4f}  "
-          f"test {settings.metric} {result.test_metrics[settings.metric]:.4f}")
+    print(f"\nbest: {best.backbone} / {best.strategy}  validation {metric} {best.best_metric:.4f}  "
+          f"test {metric} {result.test_metrics[metric]:.4f}")
     print(f"config: {best.config}")
     print(f"model:  {result.best_dir}")
     print(f"report: {result.report}")
@@ -165,7 +189,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not (args.run / "results.json").is_file():
         raise UserError(f"{args.run}: no results.json here; is it a run folder?")
     records, meta = load_results(args.run)
-    print(write_report(args.run, records, meta))
+    page = write_report(args.run, records, meta)
+    print(page)
+    if args.screenshot:
+        from autotransfer.report import screenshot
+
+        print(screenshot(page, args.screenshot))
     return 0
 
 
@@ -175,6 +204,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "search":
             return _cmd_search(args, argv)
+        if args.command == "resume":
+            from autotransfer.api import resume
+
+            return _report_result(resume(args.run))
         if args.command == "predict":
             return _cmd_predict(args)
         return _cmd_report(args)
@@ -186,14 +219,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("autotransfer: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # SearchFailed and unexpected errors: one line, exit 1
-        if args.debug:
-            raise
-        from autotransfer.results import one_line
+    except RuntimeError as exc:
+        from autotransfer.api import SearchInterrupted
 
-        print(f"autotransfer: {type(exc).__name__}: {one_line(exc)} (run with --debug for a traceback)",
-              file=sys.stderr)
-        return 1
+        if not isinstance(exc, SearchInterrupted):
+            return _unexpected(exc, args.debug)
+        print(f"autotransfer: {exc}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # SearchFailed and unexpected errors: one line, exit 1
+        return _unexpected(exc, args.debug)
+
+
+def _unexpected(exc: BaseException, debug: bool) -> int:
+    if debug:
+        raise exc
+    from autotransfer.results import one_line
+
+    print(f"autotransfer: {type(exc).__name__}: {one_line(exc)} (run with --debug for a traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,7 +24,7 @@ class LiveLeaderboard(Callback):
     """Tracks every trial's best validation metric and shows the ranking."""
 
     def __init__(self, metric: str, max_iterations: int, num_samples: int, console: Optional[Console] = None,
-                 on_trial_end: Optional[Callable[[], None]] = None, rows: int = 15):
+                 on_trial_end: Optional[Callable[["LiveLeaderboard"], None]] = None, rows: int = 15):
         self.metric, self.max_iterations, self.num_samples = metric, max_iterations, num_samples
         self.console = console or Console(stderr=True)
         self.rows = rows
@@ -33,11 +33,13 @@ class LiveLeaderboard(Callback):
         self._live: Optional[Live] = None
         self._start = time.monotonic()
         self.first_result_s: Optional[float] = None
+        #: trial ids that had not finished when the experiment ended (Ctrl-C)
+        self.unfinished: set[str] = set()
 
     # Ray pickles the run config (callbacks included) for Tuner.restore: drop the terminal handles
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(console=None, _live=None, on_trial_end=None)
+        state.update(console=None, _live=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -101,7 +103,14 @@ class LiveLeaderboard(Callback):
                                highlight=False, markup=False, soft_wrap=True)
         self._refresh()
         if self.on_trial_end is not None:
-            self.on_trial_end()
+            self.on_trial_end(self)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.unfinished = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.unfinished)
 
     def records(self) -> list[TrialRecord]:
         """Interim trial records (for the report rewritten while the search runs)."""

@@ -291,3 +291,29 @@ def write_report(out: Path, records: list[TrialRecord], meta: dict[str, Any]) ->
     tmp.write_text(html_text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def screenshot(page: Path, png: Path, width: int = 1400) -> Path:
+    """Render the page in headless Chromium (needs ``playwright`` and a chromium binary) to a PNG."""
+    import shutil
+
+    from autotransfer.errors import UserError
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise UserError("--screenshot needs the playwright package (pip install playwright)") from None
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    with sync_playwright() as p:
+        kwargs = {"executable_path": chromium} if chromium else {}
+        browser = p.chromium.launch(args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--no-first-run"], **kwargs)
+        try:
+            tab = browser.new_page(viewport={"width": width, "height": 1000})
+            tab.goto(page.resolve().as_uri())
+            tab.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1",
+                                  timeout=30_000)
+            tab.screenshot(path=str(png), full_page=True)
+        finally:
+            browser.close()
+    return png

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 
 COMPLETED, STOPPED, FAILED, RUNNING = "completed", "stopped_early", "failed", "running"
+INTERRUPTED = "interrupted"
 #: config keys that are not hyperparameters
 _NOT_PARAMS = {"backbone", "strategy"}
 

@@ -50,6 +50,9 @@ def start_ray(settings: SearchSettings) -> Cluster:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # num_to_keep forces a (small) experiment snapshot per checkpoint; that is intended, not a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # snapshot the experiment state (small here) every second rather than every 10+: a killed search
+    # then loses at most a second of bookkeeping, and finished trials are not run again on resume
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     started = False
     if not ray.is_initialized():
@@ -87,6 +90,9 @@ def concurrency(settings: SearchSettings, cluster: Cluster) -> int:
     fit = math.floor(cluster.cpus / settings.cpus_per_trial + 1e-9)
     if settings.gpus_per_trial > 0:
         fit = min(fit, math.floor(cluster.gpus / settings.gpus_per_trial + 1e-9))
+    if settings.max_concurrent is not None and settings.max_concurrent > max(1, fit):
+        raise UserError(f"--max-concurrent {settings.max_concurrent} but the cluster holds {max(1, fit)} trial(s) "
+                        f"at once ({cluster.cpus:g} CPUs / {settings.cpus_per_trial:g} per trial); lower it")
     fit = max(1, min(fit, settings.num_samples))
     if settings.max_concurrent is not None:
         return min(fit, settings.max_concurrent)
@@ -120,7 +126,7 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
              cluster: Cluster, callbacks: list[Any]) -> Any:
     """Run the search and return Ray Tune's ``ResultGrid``."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     # a define-by-run space makes OptunaSearch ignore TuneConfig's metric: give it (and ASHA) their own
@@ -128,12 +134,21 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
     searcher = OptunaSearch(space=space.define_by_run(num_layers), metric=settings.metric, mode=MODE,
                             points_to_evaluate=warm or None,
                             sampler=make_sampler(settings.sampler, settings.seed, settings.num_samples))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_iterations,
-                              metric=settings.metric, mode=MODE,
-                              grace_period=min(settings.grace_iterations, settings.max_iterations),
-                              reduction_factor=settings.reduction_factor)
+    if settings.scheduler == "fifo":
+        scheduler: Any = FIFOScheduler()
+    else:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_iterations,
+                                  metric=settings.metric, mode=MODE,
+                                  grace_period=min(settings.grace_iterations, settings.max_iterations),
+                                  reduction_factor=settings.reduction_factor)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    if settings.resume:
+        tuner = tune.Tuner.restore(str(settings.output / "tune"), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False)
+        # Ray restores the callbacks pickled with the run; this process's live view replaces them
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner.fit()
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -21,6 +21,7 @@ from autotransfer.errors import UserError
 #: Metrics a search can optimise (all are "higher is better").
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mcc")
 SAMPLERS = ("tpe", "random", "gp", "qmc")
+SCHEDULERS = ("asha", "fifo")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TASKS = ("text-cls", "image-cls")
 
@@ -73,6 +74,8 @@ class SearchSettings:
     gpus_per_trial: float = 0.0
     metric: str = "accuracy"
     sampler: str = "tpe"
+    #: asha stops weak trials early; fifo runs every trial to the end
+    scheduler: str = "asha"
     seed: int = 0
     max_epochs: int = 3
     evals_per_epoch: int = 2
@@ -87,6 +90,8 @@ class SearchSettings:
     output: Optional[Path] = None
     run_name: Optional[str] = None
     overwrite: bool = False
+    #: continue the interrupted run in ``output`` (Ray Tune restore)
+    resume: bool = False
     keep_checkpoints: bool = False
     trust_remote_code: bool = False
     verbose: bool = False
@@ -129,6 +134,8 @@ class SearchSettings:
             raise UserError(f"--metric: unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"--scheduler: choose one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision: choose one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.grace_period > 0:

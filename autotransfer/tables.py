@@ -27,6 +27,8 @@ TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "body", "co
 PAIR_COLUMNS = ("text_pair", "sentence2", "hypothesis", "text_b", "passage", "context")
 #: text columns that usually come with a second text column (auto-detected pair)
 PAIRED_FIRST = ("sentence1", "premise", "question", "text_a")
+#: a text field longer than this is almost always a parsing accident (an unclosed quote)
+MAX_FIELD_CHARS = 1_000_000
 LABEL_COLUMNS = ("label", "labels", "category", "class", "target", "sentiment", "gold_label", "y")
 
 
@@ -37,6 +39,10 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv or .jsonl")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty")
+    with open(path, "rb") as fh:
+        head = fh.read(8192)
+    if b"\x00" in head:
+        raise UserError(f"{path}: looks like a binary file, not {suffix} text")
     sep = SUFFIXES[suffix]
     try:
         if sep is None:
@@ -52,13 +58,35 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: not UTF-8 text; re-save the file as UTF-8") from None
     except (pd.errors.ParserError, ValueError, csv.Error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "EOF inside string" in first:
+            row = first.rsplit("row", 1)[-1].strip()
+            raise UserError(f"{path}: a quote opened at data row {row} is never closed (an unclosed quote?)") from None
         raise UserError(f"{path}: could not parse the table ({first})") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty") from None
     if len(df) == 0:
         raise UserError(f"{path}: the table has a header but no rows")
+    if sep not in (None, "sniff"):
+        _check_header(path, head, sep, df)
     df.columns = [str(c).strip() for c in df.columns]
+    longest = int(df.astype(str).apply(lambda col: col.str.len()).max().max()) if len(df.columns) else 0
+    if longest > MAX_FIELD_CHARS:
+        raise UserError(f"{path}: a field of {longest:,} characters; an unclosed quote? (fields over "
+                        f"{MAX_FIELD_CHARS:,} characters are refused)")
     return df
+
+
+def _check_header(path: Path, head: bytes, sep: str, df: pd.DataFrame) -> None:
+    first = head.decode("utf-8", errors="replace").splitlines()[0] if head else ""
+    names = [c.strip().strip('"') for c in first.split(sep)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"{path}: the header names column {dupes[0]!r} twice; rename one")
+    if len(df.columns) == 1:
+        for other, ext in (("\t", ".tsv"), (",", ".csv"), (";", ".csv with ';'")):
+            if other != sep and other in first:
+                raise UserError(f"{path}: only one column was found but the header contains {other!r}: "
+                                f"the file seems to be delimited differently (save it as {ext})")
 
 
 def _find_column(df: pd.DataFrame, given: Optional[str], candidates: tuple[str, ...], what: str,

@@ -109,6 +109,19 @@ def load_trainable(model: nn.Module, checkpoint_dir: str | Path) -> dict[str, An
     return json.loads(state_path.read_text()) if state_path.exists() else {}
 
 
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, but batch-norm layers whose parameters are frozen keep their running statistics.
+
+    A frozen BatchNorm in training mode would still renormalise with each batch and overwrite its
+    pretrained statistics, corrupting the "frozen" features (linear probe, freeze depth, LoRA on CNNs).
+    """
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters(recurse=False)):
+            m.eval()
+
+
 def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with decay on weight matrices only (no decay on biases and norms)."""
     split = []
@@ -138,7 +151,8 @@ def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size
         loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         preds.append(logits.argmax(-1).cpu().numpy())
         truth.append(labels.cpu().numpy())
-    model.train(was_training)
+    if was_training:
+        train_mode(model)
     y_pred, y_true = np.concatenate(preds), np.concatenate(truth)
     metrics = classification_metrics(y_true, y_pred)
     metrics["loss"] = loss_sum / max(1, len(y_true))
@@ -153,7 +167,33 @@ def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size
 
 def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
           restore_dir: Optional[str] = None) -> dict[str, Any]:
-    """Train one configuration, reporting after every evaluation. Returns the final report."""
+    """Train one configuration, reporting after every evaluation. Returns the final report.
+
+    Out of GPU memory, the trial is retried once with half the batch size, then fails with a
+    one-line reason.
+    """
+    batch_size = int(config.get("batch_size", 32))
+    try:
+        return _train(config, ctx, report, restore_dir, batch_size)
+    except torch.cuda.OutOfMemoryError:
+        _release_memory()
+        if batch_size < 2:
+            raise TrialFailed("out of GPU memory at batch size 1") from None
+    try:
+        return _train(config, ctx, report, restore_dir, batch_size // 2)
+    except torch.cuda.OutOfMemoryError:
+        _release_memory()
+        raise TrialFailed(f"out of GPU memory at batch size {batch_size} and again at {batch_size // 2}") from None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, restore_dir: Optional[str],
+           batch_size: int) -> dict[str, Any]:
     torch.set_num_threads(max(1, ctx.threads))
     torch.manual_seed(ctx.seed)
     device = device_for(ctx.use_gpu)
@@ -169,10 +209,9 @@ def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
         if restore_dir is not None:
             state = load_trainable(model, restore_dir)
         model.to(device)
-        model.train()
+        train_mode(model)
         trainable, total = count_parameters(model)
         optimizer = _optimizer(adapted.param_groups, float(config.get("weight_decay", 0.01)), device)
-        batch_size = int(config.get("batch_size", 32))
         n_train = task.num_examples(prepared, "train")
         steps_per_epoch = max(1, math.ceil(n_train / batch_size))
         total_steps = steps_per_epoch * ctx.max_epochs
@@ -230,6 +269,7 @@ def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
                         "samples_per_s": seen / train_time if train_time > 0 else 0.0,
                         "trainable_params": trainable,
                         "total_params": total,
+                        "batch_size_used": batch_size,
                     }
                     loss_sum.zero_()
                     loss_n = 0
@@ -247,9 +287,7 @@ def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
         return last
     finally:
         del model, optimizer
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _release_memory()
 
 
 def _check_finite(loss_sum: torch.Tensor, step: int) -> None:

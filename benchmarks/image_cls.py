@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -144,7 +145,6 @@ def main() -> None:
     args = ap.parse_args()
     if not HYMENOPTERA.is_dir() or not all(b.is_dir() for b in BACKBONES):
         sys.exit(f"needs {HYMENOPTERA} and {', '.join(map(str, BACKBONES))}")
-    import torch
 
     import autotransfer
 
@@ -173,8 +173,7 @@ def main() -> None:
     prep = result.stats.get("preparation") or {}
     out = {
         "benchmark": "image_cls",
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": machine(),
         "data": {"source": "hymenoptera", "train": "80% of hymenoptera/train", "validation": "20% of hymenoptera/train",
                  "test": "hymenoptera/val (153)"},
         "recipe": {"description": "PyTorch transfer-learning tutorial: SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), "

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -123,8 +124,7 @@ def main() -> None:
     same = next(r for r in recipes if r["backbone"] == Path(best.backbone).name)
     out = {
         "benchmark": "text_cls",
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": machine(),
         "versions": {"autotransfer": autotransfer.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "data": {"train_rows": args.train_rows, "validation_rows": 872, "test_rows": 1821, "source": "SST-2"},

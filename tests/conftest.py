@@ -133,6 +133,25 @@ def tiny_space(tmp_path_factory, tiny_bert, tiny_distilbert) -> Path:
 
 
 @pytest.fixture(scope="session")
+def text_ctx(sentiment_dir, tiny_bert):
+    """A TrialContext over the sentiment data and the tiny BERT, for running the trial loop without Ray."""
+    from autotransfer.tables import load_text_splits
+    from autotransfer.tasks import get_task
+    from autotransfer.training import TrialContext
+
+    class Settings:
+        trust_remote_code = False
+        max_length = None
+
+    task = get_task("text-cls")
+    splits = load_text_splits(sentiment_dir)
+    info = task.describe_backbone(str(tiny_bert), Settings())
+    prepared, _ = task.prepare([info], splits, Settings())
+    return TrialContext(task="text-cls", backbones={info.name: info}, prepared=prepared,
+                        label_names=splits.label_names, max_epochs=4, evals_per_epoch=2, seed=0)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the in-process end-to-end tests (autotransfer reuses it)."""
     import ray

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -94,3 +93,18 @@ def test_timm_groups_drive_freeze_depth_and_lora(tiny_resnet):
 def test_unknown_timm_name_is_refused():
     with pytest.raises(UserError, match="not a timm model name"):
         TASK.describe_backbone("resnet9000_imaginary", _S())
+
+
+def test_frozen_batchnorm_keeps_its_pretrained_statistics(tiny_resnet):
+    from autotransfer.training import train_mode
+
+    info = TASK.describe_backbone(f"local-dir:{tiny_resnet}", _S())
+    model = get_strategy("linear_probe").apply(TASK.build(info, ["blue", "red"], {}), {}).model
+    before = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
+    train_mode(model)
+    model(torch.randn(8, 3, 64, 64) * 3 + 1)  # a forward pass in training mode
+    after = dict(model.named_buffers())
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    full = get_strategy("full").apply(TASK.build(info, ["blue", "red"], {}), {}).model
+    train_mode(full)
+    assert any(m.training for m in full.modules() if isinstance(m, torch.nn.BatchNorm2d))  # trainable BN still adapts

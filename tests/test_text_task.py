@@ -36,7 +36,7 @@ def test_batches_pad_to_the_longest_row(sentiment_dir, tiny_bert):
     data = prepared[info.name]
     lengths = data.splits["validation"].lengths
     widths = []
-    for inputs, labels in TASK.batches(data, "validation", 16, train=False):
+    for inputs, _labels in TASK.batches(data, "validation", 16, train=False):
         mask = inputs["attention_mask"]
         assert inputs["input_ids"].shape == mask.shape
         assert int(mask.sum(1).max()) == mask.shape[1]  # padded to this batch's longest, no further
@@ -53,8 +53,15 @@ def test_max_length_truncates(sentiment_dir, tiny_bert):
     splits = load_text_splits(sentiment_dir)
     info = TASK.describe_backbone(str(tiny_bert), Short())
     prepared, stats = TASK.prepare([info], splits, Short())
-    assert prepared[info.name].splits["train"].lengths.max() == 6
-    assert stats.runs == 2  # the statistics pass, then the truncated one
+    data = prepared[info.name].splits["train"]
+    assert data.lengths.max() == 6 and stats.runs == 1  # one tokenizer pass; rows cut afterwards
+    # the cut rows equal what the tokenizer's own truncation gives
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    expected = tok(splits.train.inputs[:20], truncation=True, max_length=6)["input_ids"]
+    got = [data.ids[data.offsets[i]:data.offsets[i + 1]].tolist() for i in range(20)]
+    assert got == expected
 
 
 def test_missing_folder_and_offline_hub_id_fail_before_any_trial(tmp_path):

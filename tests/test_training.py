@@ -8,24 +8,12 @@ import pytest
 
 from autotransfer.export import export_best
 from autotransfer.results import COMPLETED, TrialRecord
-from autotransfer.tables import load_text_splits
-from autotransfer.tasks import get_task
-from autotransfer.training import TrialContext, train
-
-
-class _S:
-    trust_remote_code = False
-    max_length = None
+from autotransfer.training import train
 
 
 @pytest.fixture(scope="module")
-def ctx(sentiment_dir, tiny_bert):
-    task = get_task("text-cls")
-    splits = load_text_splits(sentiment_dir)
-    info = task.describe_backbone(str(tiny_bert), _S())
-    prepared, _ = task.prepare([info], splits, _S())
-    return TrialContext(task="text-cls", backbones={info.name: info}, prepared=prepared,
-                        label_names=splits.label_names, max_epochs=4, evals_per_epoch=2, seed=0)
+def ctx(text_ctx):
+    return text_ctx
 
 
 def test_full_finetuning_learns_and_checkpoints_only_improvements(ctx, tmp_path):

@@ -108,6 +108,25 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha1((text + extra).encode("utf-8")).hexdigest()[:16]
 
 
+def _special_frame(tokenizer: Any) -> Optional[tuple[int, int]]:
+    """How many special tokens a single sequence gets before and after its body ([CLS] x [SEP] -> (1, 1))."""
+    try:
+        framed = list(tokenizer("hello world")["input_ids"])
+        body = list(tokenizer("hello world", add_special_tokens=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - an unusual tokenizer: fall back to its own truncation
+        return None
+    for at in range(len(framed) - len(body) + 1):
+        if body and framed[at:at + len(body)] == body:
+            return at, len(framed) - at - len(body)
+    return None
+
+
+def _truncate(rows: list[list[int]], max_len: int, prefix: int, suffix: int) -> list[list[int]]:
+    """Rows longer than ``max_len`` lose the end of their body (as the tokenizer's truncation would)."""
+    keep = max_len - suffix
+    return [r if len(r) <= max_len else list(r[:keep]) + list(r[len(r) - suffix:]) for r in rows]
+
+
 def _model_max_length(tokenizer: Any, config: Any) -> int:
     caps = [v for v in (getattr(tokenizer, "model_max_length", None),
                         getattr(config, "max_position_embeddings", None)) if isinstance(v, int) and 0 < v < 100_000]
@@ -185,7 +204,10 @@ class TextClassification(Task):
                 longest = max(len(r) for rows in full.values() for r in rows)
                 if longest <= max_len:
                     encoded = full  # nothing to truncate: reuse the first pass
-                else:
+                elif splits.train.pairs is None and (frame := _special_frame(tokenizer)) is not None:
+                    # cut each too-long row's body, keeping the tokenizer's own leading/trailing specials
+                    encoded = {name: _truncate(rows, max_len, *frame) for name, rows in full.items()}
+                else:  # sentence pairs: let the tokenizer split the budget between the two texts
                     encoded = {name: self._tokenize(tokenizer, splits.split(name), max_len) for name in SPLITS}
                     stats.runs += 1
                 cache[key] = self._pack(encoded, splits, tokenizer, f"{fp}-{max_len}", max_len)

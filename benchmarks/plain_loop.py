@@ -1,0 +1,158 @@
+"""Benchmark: harness overhead.  One fixed config trained by a plain PyTorch loop vs the same
+config run as a one-trial ``autotransfer search``, each as a whole process, side by side.
+
+Same model (paraphrase-MiniLM-L3-v2, full fine-tuning), data (SST-2 sample), batch size,
+learning rate, epochs, threads (2) and one validation pass per epoch.  Reports the
+whole-process wall-time ratio (target <= 1.15) and the training-throughput ratio measured
+inside each process over the training steps (target >= 0.95), plus autotransfer's time to
+first result.
+
+    python benchmarks/plain_loop.py            # ~4 minutes on 2 CPU cores
+    python benchmarks/plain_loop.py --side plain --data DIR   # (internal) the plain loop alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+MODEL = SHARED / "models" / "text" / "paraphrase-MiniLM-L3-v2"
+CONFIG = {"lr": 3e-5, "batch_size": 32, "weight_decay": 0.01, "warmup_ratio": 0.0}
+
+
+def make_data(folder: Path, rows: int, seed: int = 0) -> Path:
+    import pandas as pd
+
+    read = dict(sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    train = pd.read_csv(SHARED / "data" / "sst2" / "train.tsv", **read)
+    train = pd.concat([g.sample(rows // 2, random_state=seed) for _, g in train.groupby("label")])
+    folder.mkdir(parents=True, exist_ok=True)
+    train.sample(frac=1, random_state=seed).to_csv(folder / "train.tsv", sep="\t", index=False)
+    pd.read_csv(SHARED / "data" / "sst2" / "dev.tsv", **read).to_csv(folder / "dev.tsv", sep="\t", index=False)
+    pd.read_csv(SHARED / "data" / "sst2" / "test.tsv", **read).head(200).to_csv(folder / "test.tsv", sep="\t",
+                                                                                 index=False)
+    return folder
+
+
+def plain(data: Path, epochs: int) -> None:
+    """A plain, well-written loop: tokenize once, dynamic padding, AdamW + linear decay, fp32 on CPU."""
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    read = dict(sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    tok = AutoTokenizer.from_pretrained(MODEL)
+    model = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=2, dtype=torch.float32)
+    frames = {s: pd.read_csv(data / f"{s}.tsv", **read) for s in ("train", "dev")}
+    enc = {s: tok(df["sentence"].tolist(), truncation=True, max_length=128)["input_ids"] for s, df in frames.items()}
+    labels = {s: torch.tensor(df["label"].astype(int).tolist()) for s, df in frames.items()}
+
+    def batch(split, idx):
+        rows = [enc[split][i] for i in idx]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tok.pad_token_id)
+        for j, r in enumerate(rows):
+            ids[j, :len(r)] = torch.tensor(r)
+        return ids, (ids != tok.pad_token_id).long(), labels[split][idx]
+
+    bs = CONFIG["batch_size"]
+    n = len(enc["train"])
+    steps = math.ceil(n / bs) * epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=CONFIG["lr"], weight_decay=CONFIG["weight_decay"])
+    sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=steps)
+    seen, train_s = 0, 0.0
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).tolist()
+        t0 = time.perf_counter()
+        for i in range(0, n, bs):
+            ids, mask, y = batch("train", order[i:i + bs])
+            loss = F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            seen += len(y)
+        train_s += time.perf_counter() - t0
+        model.eval()
+        right = 0
+        with torch.inference_mode():
+            for i in range(0, len(enc["dev"]), 64):
+                ids, mask, y = batch("dev", list(range(i, min(i + 64, len(enc["dev"])))))
+                right += int((model(input_ids=ids, attention_mask=mask).logits.argmax(-1) == y).sum())
+        acc = right / len(enc["dev"])
+    print(json.dumps({"samples_per_s": seen / train_s, "val_accuracy": acc}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", choices=("both", "plain"), default="both")
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--rows", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    args = ap.parse_args()
+    if args.side == "plain":
+        plain(args.data, args.epochs)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="autotransfer-overhead-"))
+    data = make_data(tmp / "data", args.rows)
+    space = tmp / "one.yaml"
+    space.write_text(json.dumps({"task": "text-cls", "backbones": [str(MODEL)],
+                                 "params": {"batch_size": CONFIG["batch_size"], "weight_decay": CONFIG["weight_decay"],
+                                            "warmup_ratio": CONFIG["warmup_ratio"]},
+                                 "strategies": {"full": {"lr": CONFIG["lr"]}}}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, __file__, "--side", "plain", "--data", str(data), "--epochs", str(args.epochs)],
+                       capture_output=True, text=True, env=env, check=True)
+    plain_wall = time.perf_counter() - t0
+    plain_out = json.loads(p.stdout.strip().splitlines()[-1])
+
+    run = tmp / "run"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(data),
+                    "--space", str(space), "--num-samples", "1", "--cpus-per-trial", "2", "--max-epochs",
+                    str(args.epochs), "--evals-per-epoch", "1", "--no-dashboard", "--no-warm-start", "--output",
+                    str(run)], capture_output=True, text=True, env=env, check=True, cwd=REPO)
+    at_wall = time.perf_counter() - t0
+    results = json.loads((run / "results.json").read_text())
+    trial = results["trials"][0]
+    at_sps = trial["last_metrics"]["samples_per_s"]
+    out = {
+        "benchmark": "plain_loop",
+        "machine": machine(),
+        "setup": {"model": MODEL.name, "strategy": "full", "rows": args.rows, "epochs": args.epochs, **CONFIG,
+                  "threads": 2},
+        "plain": {"wall_s": plain_wall, **plain_out},
+        "autotransfer": {"wall_s": at_wall, "samples_per_s": at_sps, "val_accuracy": trial["best_metric"],
+                         "trial_wall_s": trial["wall_time_s"], "first_result_s": results.get("first_result_s"),
+                         "preparation": results.get("preparation")},
+        "ratios": {"wall_time_autotransfer_over_plain": at_wall / plain_wall,
+                   "throughput_autotransfer_over_plain": at_sps / plain_out["samples_per_s"]},
+        "targets": {"wall_time_autotransfer_over_plain": "<= 1.15", "throughput_autotransfer_over_plain": ">= 0.95"},
+    }
+    args.out.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out["ratios"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

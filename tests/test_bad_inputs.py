@@ -1,0 +1,149 @@
+"""Every bad input the CLI meets: one line naming the problem, exit code 2, no traceback, nothing written.
+
+Each row builds its input in a temporary folder and runs ``autotransfer search`` (in-process).
+"""
+
+from __future__ import annotations
+
+
+import pytest
+
+from autotransfer.cli import main
+from conftest import make_image_tree, make_sentences, write_tsv
+
+GOOD = make_sentences(60, 9)
+
+
+def text(tmp, name, content, *, binary=False):
+    p = tmp / name
+    (p.write_bytes if binary else p.write_text)(content)
+    return p
+
+
+def split_dir(tmp, train, dev=None, test=None):
+    d = tmp / "splits"
+    d.mkdir()
+    write_tsv(d / "train.tsv", train)
+    if dev is not None:
+        write_tsv(d / "dev.tsv", dev)
+    if test is not None:
+        write_tsv(d / "test.tsv", test)
+    return d
+
+
+def tsv(tmp, rows, header=("sentence", "label")):
+    return write_tsv(tmp / "data.tsv", rows, header)
+
+
+def bad_images(tmp):
+    root = tmp / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            (root / cls / f"{i}.jpg").write_bytes(b"" if i % 2 else b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+# (id, task, data builder, extra args, expected words in the message)
+CASES = [
+    ("missing-file", "text", lambda t: t / "nope.csv", [], "does not exist"),
+    ("empty-file", "text", lambda t: text(t, "e.csv", ""), [], "empty"),
+    ("binary-file", "text", lambda t: text(t, "b.csv", b"PK\x03\x04\x00\x00binary", binary=True), [], "binary"),
+    ("non-utf8", "text", lambda t: text(t, "l.csv", "sentence,label\ncaf\xe9,1\n".encode("latin-1"), binary=True),
+     [], "not UTF-8"),
+    ("wrong-delimiter", "text", lambda t: text(t, "tabs.csv", "sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in GOOD)),
+     [], "delimited differently"),
+    ("header-only", "text", lambda t: text(t, "h.csv", "sentence,label\n"), [], "no rows"),
+    ("unsupported-type", "text", lambda t: text(t, "d.xlsx", "x"), [], "unsupported file type"),
+    ("no-label-column", "text", lambda t: tsv(t, GOOD, ("sentence", "stars")), [], "no label column"),
+    ("no-text-column", "text", lambda t: text(t, "c.csv", "a,b,label\n" + "x,y,1\n" * 5), [], "no text column"),
+    ("unknown-label-col", "text", lambda t: tsv(t, GOOD), ["--label-col", "stars"], "'stars' is not a column"),
+    ("blank-labels", "text", lambda t: tsv(t, GOOD[:10] + [("text", " ")] + GOOD[10:]), [], "blank label"),
+    ("single-class", "text", lambda t: tsv(t, [(s, "pos") for s, _ in GOOD]), [], "single class"),
+    ("class-with-one-example", "text", lambda t: tsv(t, GOOD + [("odd one", "neutral")]), [], "single example"),
+    ("label-only-in-validation", "text", lambda t: split_dir(t, GOOD, dev=GOOD[:5] + [("x", "neutral")], test=GOOD[:5]),
+     [], "validation split but never in train"),
+    ("label-only-in-test", "text", lambda t: split_dir(t, GOOD, dev=GOOD[:5], test=GOOD[:5] + [("x", "neutral")]),
+     [], "test split but never in train"),
+    ("duplicate-header", "text", lambda t: text(t, "dup.csv", "sentence,label,label\n" + "a b,1,0\n" * 6), [], "twice"),
+    ("runaway-field", "text", lambda t: text(t, "q.csv", 'sentence,label\n"' + "x" * 1_100_000 + ',1\nok,0\n'),
+     [], "unclosed quote"),
+    ("no-class-folders", "image", lambda t: (t / "photos").mkdir() or t / "photos", [], "no class folders"),
+    ("empty-class-folder", "image", lambda t: (t / "p" / "cats").mkdir(parents=True) or t / "p", [], "holds no images"),
+    ("one-image-class", "image", lambda t: make_image_tree(t / "p", 3, 0) and __import__("shutil").rmtree(t / "p" / "blue")
+     or t / "p", [], "single class"),
+    ("all-images-unreadable", "image", bad_images, [], "no readable image"),
+    ("csv-of-missing-images", "image", lambda t: text(t, "i.csv", "path,label\nx.jpg,a\ny.jpg,b\n"), [],
+     "none of the 2 image paths exist"),
+    ("missing-backbone-folder", "text", lambda t: tsv(t, GOOD), ["--backbones", "./no/such/model"], "does not exist"),
+    ("unknown-hub-model", "text", lambda t: tsv(t, GOOD), ["--backbones", "nobody/no-such-model"], "model hub"),
+    ("unknown-timm-model", "image", lambda t: make_image_tree(t / "p", 4, 0), ["--backbones", "resnet9000_imaginary"],
+     "not a timm model name"),
+    ("unknown-strategy", "text", lambda t: tsv(t, GOOD), ["--strategies", "full,magic"], "unknown strategy 'magic'"),
+    ("malformed-yaml", "text", lambda t: tsv(t, GOOD), ["--space", "@backbones: [a\n"], "malformed YAML"),
+    ("yaml-low-above-high", "text", lambda t: tsv(t, GOOD),
+     ["--space", "@backbones: [a]\nstrategies: {full: {lr: {distribution: loguniform, low: 0.1, high: 0.001}}}"],
+     "is greater than high"),
+    ("yaml-unknown-distribution", "text", lambda t: tsv(t, GOOD),
+     ["--space", "@backbones: [a]\nstrategies: {full: {lr: {distribution: gaussian, low: 0, high: 1}}}"],
+     "unknown distribution 'gaussian'"),
+    ("space-of-another-task", "text", lambda t: tsv(t, GOOD), ["--space", "IMAGE_SPACE"], "image-cls space"),
+    ("zero-samples", "text", lambda t: tsv(t, GOOD), ["--num-samples", "0"], "--num-samples"),
+    ("negative-time-budget", "text", lambda t: tsv(t, GOOD), ["--time-budget", "-5"], "--time-budget"),
+    ("zero-epochs", "text", lambda t: tsv(t, GOOD), ["--max-epochs", "0"], "--max-epochs"),
+    ("more-concurrent-than-resources", "text", lambda t: tsv(t, GOOD), ["--max-concurrent", "64"], "holds"),
+    ("more-cpus-than-resources", "text", lambda t: tsv(t, GOOD), ["--cpus-per-trial", "64"], "more than the cluster has"),
+    ("unwritable-output", "text", lambda t: tsv(t, GOOD), ["--output", "/proc/autotransfer-run"], "not writable"),
+    ("output-under-a-file", "text", lambda t: tsv(t, GOOD), ["--output", "FILE/run"], "is a file"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, tmp_path, tiny_space, tiny_image_space, capsys):
+    name, task, build, extra, needle = case
+    data = build(tmp_path)
+    space = tiny_space if task == "text" else tiny_image_space
+    out = tmp_path / "run"
+    args = [a.replace("FILE", str(data)) for a in extra]
+    if "--space" in args:
+        i = args.index("--space") + 1
+        if args[i] == "IMAGE_SPACE":
+            args[i] = str(tiny_image_space)
+        elif args[i].startswith("@"):
+            (tmp_path / "space.yaml").write_text(args[i][1:])
+            args[i] = str(tmp_path / "space.yaml")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["search", "--task", "text-cls" if task == "text" else "image-cls", "--data", str(data),
+            "--space", str(space), "--output", str(out), "--no-dashboard", *args]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1] if err else ""
+    assert code == 2, err[-2000:]
+    assert last.startswith("autotransfer: error:") and needle in last, last
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing removed
+    assert not out.exists()
+
+
+def test_there_are_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+def test_output_holding_a_run_is_refused_and_left_alone(tmp_path, sentiment_dir, tiny_space, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text('{"keep": true}')
+    code = main(["search", "--task", "text-cls", "--data", str(sentiment_dir), "--space", str(tiny_space),
+                 "--output", str(out), "--no-dashboard"])
+    assert code == 2 and "already holds a run; pass --overwrite" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == '{"keep": true}' and sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+def test_resume_of_a_folder_without_a_run(tmp_path, capsys):
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "no interrupted run here to resume" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_space):
+    with pytest.raises(Exception, match="does not exist"):
+        main(["--debug", "search", "--task", "text-cls", "--data", str(tmp_path / "nope.csv"), "--space", str(tiny_space)])

@@ -1,0 +1,135 @@
+"""Nothing lost on crashes: failing trials are isolated, OOM retries, a killed search resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import autotransfer
+from autotransfer.api import SearchFailed
+from autotransfer.results import COMPLETED, FAILED, STOPPED
+from autotransfer.tasks import get_task
+from autotransfer.training import TrialFailed, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ctx(text_ctx):
+    return dataclasses.replace(text_ctx, max_epochs=1, evals_per_epoch=1)
+
+
+def _oom_above(limit, monkeypatch):
+    cls = type(get_task("text-cls"))
+    real = cls.logits
+
+    def logits(self, model, inputs):
+        if torch.is_grad_enabled() and inputs["input_ids"].shape[0] > limit:  # training steps, not eval
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, model, inputs)
+
+    monkeypatch.setattr(cls, "logits", logits)
+
+
+def test_out_of_memory_retries_once_with_half_the_batch(ctx, monkeypatch):
+    _oom_above(8, monkeypatch)
+    reports = []
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "linear_probe", "batch_size": 16}
+    train(config, ctx, lambda m, c: reports.append(m))
+    assert reports and reports[-1]["batch_size_used"] == 8
+
+
+def test_out_of_memory_twice_fails_the_trial_with_a_reason(ctx, monkeypatch):
+    _oom_above(2, monkeypatch)
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "linear_probe", "batch_size": 16}
+    with pytest.raises(TrialFailed, match="out of GPU memory at batch size 16 and again at 8"):
+        train(config, ctx, lambda m, c: None)
+
+
+@pytest.mark.e2e
+def test_diverging_trials_fail_alone_and_the_search_completes(ray_session, sentiment_dir, tiny_bert, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"""task: text-cls
+backbones: [{tiny_bert}]
+params: {{batch_size: [16]}}
+strategies:
+  linear_probe: {{head_lr: {{distribution: loguniform, low: 1.0e-3, high: 1.0e-2}}}}
+  full: {{lr: {{distribution: loguniform, low: 1.0e+10, high: 1.0e+12}}}}
+""")
+    result = autotransfer.search(task="text-cls", data=sentiment_dir, space=space, num_samples=4, max_epochs=1,
+                                 evals_per_epoch=1, max_concurrent=2, seed=0, dashboard=False,
+                                 output=tmp_path / "run")
+    by_strategy = {r.strategy: r for r in result.records}
+    assert {r.status for r in result.records if r.strategy == "full"} == {FAILED}
+    assert all("NaN/inf" in r.error for r in result.records if r.strategy == "full")
+    assert all(r.status in (COMPLETED, STOPPED) for r in result.records if r.strategy == "linear_probe")
+    assert result.best.strategy == "linear_probe" and len(result.records) == 4
+    saved = json.loads((result.output / "results.json").read_text())
+    assert sorted(t["status"] for t in saved["trials"]).count(FAILED) == sum(
+        1 for r in result.records if r.strategy == "full")
+    assert by_strategy["full"].rank > by_strategy["linear_probe"].rank  # failed trials rank last
+
+
+@pytest.mark.e2e
+def test_a_search_where_every_trial_fails_says_why(ray_session, sentiment_dir, tiny_bert, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"""task: text-cls
+backbones: [{tiny_bert}]
+strategies:
+  full: {{lr: {{distribution: loguniform, low: 1.0e+10, high: 1.0e+12}}}}
+""")
+    with pytest.raises(SearchFailed, match="every trial failed .*NaN/inf"):
+        autotransfer.search(task="text-cls", data=sentiment_dir, space=space, num_samples=2, max_epochs=1,
+                            evals_per_epoch=1, dashboard=False, output=tmp_path / "run")
+    assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run" / "leaderboard.html").exists()
+
+
+def _finished(run: Path) -> list[dict]:
+    try:
+        trials = json.loads((run / "results.json").read_text())["trials"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [t for t in trials if t["status"] != "running"]
+
+
+@pytest.mark.e2e
+def test_sigkill_then_resume_keeps_finished_trials_and_runs_each_trial_once(sentiment_dir, tiny_space, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(sentiment_dir),
+            "--space", str(tiny_space), "--num-samples", "6", "--max-epochs", "3", "--evals-per-epoch", "2",
+            "--max-concurrent", "1", "--no-dashboard", "--output", str(run), "--seed", "3"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(_finished(run)) < 2 and proc.poll() is None:
+            time.sleep(0.5)
+        assert len(_finished(run)) >= 2, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(3.0)  # past Ray's 1 s state snapshot; the next trial is in flight when the machine "dies"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.wait(timeout=60)
+    before = {t["trial_id"]: t for t in _finished(run)}
+    assert 2 <= len(before) < 6
+
+    resumed = subprocess.run([sys.executable, "-m", "autotransfer", "resume", str(run)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads((run / "results.json").read_text())["trials"]
+    ids = [t["trial_id"] for t in final]
+    assert len(ids) == 6 and len(set(ids)) == 6  # exactly --num-samples trials, none twice
+    after = {t["trial_id"]: t for t in final}
+    for trial_id, t in before.items():  # finished trials survived unchanged
+        for key in ("status", "best_metric", "iterations", "params", "history"):
+            assert after[trial_id][key] == t[key], (trial_id, key)
+    assert (run / "best" / "model.safetensors").exists()
