@@ -24,7 +24,7 @@ from typing import Any, Optional
 from rich.console import Console
 
 from autotransfer.errors import UserError
-from autotransfer.results import FAILED, INTERRUPTED, TrialRecord, environment, rank, record_from_result, save_results
+from autotransfer.results import FAILED, INTERRUPTED, STOPPED, TrialRecord, environment, rank, record_from_result, save_results
 from autotransfer.settings import SearchSettings
 from autotransfer.space import SearchSpace, load_space
 from autotransfer.tasks import BackboneInfo, get_task
@@ -234,14 +234,16 @@ class _Search:
             live.stop()
         records = [record_from_result(r, s.metric, s.max_iterations) for r in grid]
         unfinished = live.unfinished
+        # the trial in flight at Ctrl-C was cut short by the user, not by ASHA
+        cut = {r.trial_id for r in records if r.status == STOPPED and r.trial_id not in live.decided}
         for r in records:
-            if r.trial_id in unfinished and r.status != FAILED:
+            if r.status != FAILED and (r.trial_id in unfinished or (live.interrupted and r.trial_id in cut)):
                 r.status = INTERRUPTED
         records = rank(records)
         meta["wall_time_s"] = time.perf_counter() - t_start
         meta["first_result_s"] = live.first_result_s
         meta["trial_hours"] = sum(r.wall_time_s for r in records) / 3600
-        if unfinished:
+        if unfinished or live.interrupted:
             save_results(out, records, s.metric, meta)
             write_report(out, records, meta)
             done = sum(1 for r in records if r.status != INTERRUPTED)

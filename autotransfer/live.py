@@ -8,6 +8,8 @@ saved results and the HTML report.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -35,6 +37,10 @@ class LiveLeaderboard(Callback):
         self.first_result_s: Optional[float] = None
         #: trial ids that had not finished when the experiment ended (Ctrl-C)
         self.unfinished: set[str] = set()
+        #: whether the user pressed Ctrl-C during the search
+        self.interrupted = False
+        #: trials Tune finished itself (completed, stopped by the scheduler, or failed)
+        self.decided: set[str] = set()
 
     # Ray pickles the run config (callbacks included) for Tuner.restore: drop the terminal handles
     def __getstate__(self) -> dict[str, Any]:
@@ -92,6 +98,7 @@ class LiveLeaderboard(Callback):
         self._finished(e)
 
     def _finished(self, e: dict[str, Any]) -> None:
+        self.decided.add(e["id"])
         if not self.console.is_terminal:
             best = "-" if e["best"] == -math.inf else f"{e['best']:.4f}"
             done = sum(1 for t in self.trials.values() if t["status"] != RUNNING)
@@ -105,12 +112,24 @@ class LiveLeaderboard(Callback):
         if self.on_trial_end is not None:
             self.on_trial_end(self)
 
+    def setup(self, **info: Any) -> None:
+        """Note a Ctrl-C: Ray installs its own SIGINT handler just before this; wrap it, don't replace it."""
+        self.interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            return
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            if callable(ray_handler):
+                ray_handler(signum, frame)
+            else:  # pragma: no cover - no handler of Ray's: behave like Python's default
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.unfinished = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.unfinished)
 
     def records(self) -> list[TrialRecord]:
         """Interim trial records (for the report rewritten while the search runs)."""

@@ -133,3 +133,29 @@ def test_sigkill_then_resume_keeps_finished_trials_and_runs_each_trial_once(sent
         for key in ("status", "best_metric", "iterations", "params", "history"):
             assert after[trial_id][key] == t[key], (trial_id, key)
     assert (run / "best" / "model.safetensors").exists()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_writes_results_and_says_how_to_resume(sentiment_dir, tiny_space, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(sentiment_dir),
+            "--space", str(tiny_space), "--num-samples", "6", "--max-epochs", "3", "--max-concurrent", "1",
+            "--no-dashboard", "--output", str(run), "--seed", "4"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(_finished(run)) < 1 and proc.poll() is None:
+            time.sleep(0.5)
+        assert len(_finished(run)) >= 1
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert f"autotransfer resume {run}" in err.replace("\n", "")
+    saved = json.loads((run / "results.json").read_text())["trials"]
+    assert 1 <= sum(t["status"] in ("completed", "stopped_early") for t in saved) < 6
+    assert (run / "leaderboard.html").exists()
