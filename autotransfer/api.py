@@ -235,7 +235,8 @@ class _Search:
         records = [record_from_result(r, s.metric, s.max_iterations) for r in grid]
         unfinished = live.unfinished
         # the trial in flight at Ctrl-C was cut short by the user, not by ASHA
-        cut = {r.trial_id for r in records if r.status == STOPPED and r.trial_id not in live.decided}
+        cut = {r.trial_id for r in records
+               if r.status == STOPPED and r.trial_id in live.trials and r.trial_id not in live.decided}
         for r in records:
             if r.status != FAILED and (r.trial_id in unfinished or (live.interrupted and r.trial_id in cut)):
                 r.status = INTERRUPTED
