@@ -92,7 +92,7 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
     size = None
     if checkpoint is not None and Path(checkpoint).is_dir():
         size = sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
-    keep = ("val_loss", "train_loss", "samples_per_s", metric)
+    keep = ("val_loss", "train_loss", "samples_per_s", "torch_threads", metric)
     return TrialRecord(
         trial_id=trial_id,
         backbone=str(config.get("backbone", "?")),

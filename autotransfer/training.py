@@ -270,6 +270,7 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
                         "trainable_params": trainable,
                         "total_params": total,
                         "batch_size_used": batch_size,
+                        "torch_threads": torch.get_num_threads(),
                     }
                     loss_sum.zero_()
                     loss_n = 0
