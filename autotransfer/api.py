@@ -54,10 +54,6 @@ class SearchResult:
     dashboard_url: Optional[str] = None
     stats: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def leaderboard(self) -> list[TrialRecord]:
-        return self.records
-
 
 def resume(run_dir: Path | str, *, console: Optional[Console] = None) -> SearchResult:
     """Continue an interrupted search in ``run_dir`` (Ctrl-C, a killed process, a reboot).
@@ -204,7 +200,7 @@ class _Search:
         hint = cluster.dashboard_hint()
         self.log(f"Ray: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs"
                  + (f"; dashboard {hint}" if hint else ""))
-        concurrency(s, cluster)  # refuses resource requests the cluster cannot hold
+        max_concurrent = concurrency(s, cluster)  # refuses resource requests the cluster cannot hold
 
         # inputs are valid: only now is anything written
         out = s.output
@@ -229,7 +225,7 @@ class _Search:
                                on_trial_end=ReportWriter(out, s.metric, meta, time.time()))
         live.start()
         try:
-            grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, cluster, [live])
+            grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, max_concurrent, [live])
         finally:
             live.stop()
         records = [record_from_result(r, s.metric, s.max_iterations) for r in grid]

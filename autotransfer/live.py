@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from autotransfer.backbones import display_name
-from autotransfer.results import COMPLETED, FAILED, RUNNING, STOPPED, TrialRecord, one_line, rank
+from autotransfer.results import FAILED, RUNNING, TrialRecord, finish_status, one_line, rank
 
 
 class LiveLeaderboard(Callback):
@@ -87,7 +87,7 @@ class LiveLeaderboard(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         e = self._entry(trial)
         done = int((trial.last_result or {}).get("training_iteration", 0))
-        e["status"] = COMPLETED if done >= self.max_iterations else STOPPED
+        e["status"] = finish_status(done, self.max_iterations)
         self._finished(e)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

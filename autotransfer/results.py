@@ -53,6 +53,11 @@ class TrialRecord:
         return self.status != FAILED and self.best_metric is not None
 
 
+def finish_status(iterations: int, max_iterations: int) -> str:
+    """How a trial that ended without error ended: ran every evaluation, or was stopped early."""
+    return COMPLETED if iterations >= max_iterations else STOPPED
+
+
 def one_line(error: Any) -> str:
     """The last meaningful line of an exception or traceback text, e.g. ``TrialFailed: loss became NaN``."""
     text = str(error).strip()
@@ -78,10 +83,8 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
     iterations = int(metrics.get("training_iteration", len(history)) or 0)
     if result.error is not None:
         status, error = FAILED, one_line(result.error)
-    elif iterations >= max_iterations:
-        status, error = COMPLETED, None
     else:
-        status, error = STOPPED, None
+        status, error = finish_status(iterations, max_iterations), None
     checkpoint = None
     best_ckpts = getattr(result, "best_checkpoints", None) or []
     if best_ckpts:

@@ -123,8 +123,8 @@ def trial_dirname(trial: Any) -> str:
 
 
 def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, num_layers: Mapping[str, int],
-             cluster: Cluster, callbacks: list[Any]) -> Any:
-    """Run the search and return Ray Tune's ``ResultGrid``."""
+             max_concurrent: int, callbacks: list[Any]) -> Any:
+    """Run the search (``max_concurrent`` from :func:`concurrency`) and return Ray Tune's ``ResultGrid``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -153,7 +153,7 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler,
-            num_samples=settings.num_samples, max_concurrent_trials=concurrency(settings, cluster),
+            num_samples=settings.num_samples, max_concurrent_trials=max_concurrent,
             time_budget_s=settings.time_budget_s, reuse_actors=True, trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(

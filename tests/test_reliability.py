@@ -93,6 +93,12 @@ strategies:
     assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run" / "leaderboard.html").exists()
 
 
+def _search_args(data: Path, space: Path, run: Path, seed: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(data),
+            "--space", str(space), "--num-samples", "6", "--max-epochs", "3", "--max-concurrent", "1",
+            "--no-dashboard", "--output", str(run), "--seed", str(seed), *extra]
+
+
 def _finished(run: Path) -> list[dict]:
     try:
         trials = json.loads((run / "results.json").read_text())["trials"]
@@ -105,9 +111,7 @@ def _finished(run: Path) -> list[dict]:
 def test_sigkill_then_resume_keeps_finished_trials_and_runs_each_trial_once(sentiment_dir, tiny_space, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(sentiment_dir),
-            "--space", str(tiny_space), "--num-samples", "6", "--max-epochs", "3", "--evals-per-epoch", "2",
-            "--max-concurrent", "1", "--no-dashboard", "--output", str(run), "--seed", "3"]
+    args = _search_args(sentiment_dir, tiny_space, run, 3, "--evals-per-epoch", "2")
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -139,9 +143,7 @@ def test_sigkill_then_resume_keeps_finished_trials_and_runs_each_trial_once(sent
 def test_ctrl_c_writes_results_and_says_how_to_resume(sentiment_dir, tiny_space, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(sentiment_dir),
-            "--space", str(tiny_space), "--num-samples", "6", "--max-epochs", "3", "--max-concurrent", "1",
-            "--no-dashboard", "--output", str(run), "--seed", "4"]
+    args = _search_args(sentiment_dir, tiny_space, run, 4)
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
