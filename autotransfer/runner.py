@@ -11,15 +11,28 @@ import logging
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from autotransfer.errors import UserError
+from autotransfer.results import short_node
 from autotransfer.settings import SearchSettings, local_cpu_count
 from autotransfer.space import SearchSpace
 from autotransfer.training import TrialContext, run_trial
 
 MODE = "max"
+
+
+@dataclass
+class Node:
+    """One alive Ray node and what it offers."""
+
+    node_id: str
+    address: str
+    cpus: float
+    gpus: float
+    is_head: bool = False
 
 
 @dataclass
@@ -31,6 +44,21 @@ class Cluster:
     cpus: float
     gpus: float
     started_here: bool
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def remote(self) -> bool:
+        """Joined a cluster the user started (its nodes may not see the driver's files)."""
+        return self.address is not None
+
+    def describe(self) -> str:
+        """One line: where, how big, per node."""
+        where = f"Ray cluster at {self.address}" if self.address else "local Ray"
+        per_node = ", ".join(f"{short_node(n.node_id)}{' (head)' if n.is_head else ''} {n.address} "
+                             f"{n.cpus:g} CPU{'' if n.cpus == 1 else 's'}" + (f" {n.gpus:g} GPU" if n.gpus else "")
+                             for n in self.nodes)
+        return (f"{where}: {len(self.nodes)} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs"
+                + (f" [{per_node}]" if self.remote or len(self.nodes) > 1 else ""))
 
     def dashboard_hint(self) -> Optional[str]:
         if not self.dashboard_url:
@@ -57,7 +85,9 @@ def start_ray(settings: SearchSettings) -> Cluster:
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(
-            address=settings.address,
+            # no --address: always a fresh local Ray, even if `ray start` left a cluster (or a stale record
+            # of one) on this machine; joining a cluster is what --address is for
+            address=settings.address or "local",
             include_dashboard=settings.dashboard,
             dashboard_host="127.0.0.1",
             logging_level=logging.INFO if settings.verbose else logging.WARNING,
@@ -66,17 +96,30 @@ def start_ray(settings: SearchSettings) -> Cluster:
         )
         if settings.address is None:
             kwargs["num_cpus"] = local_cpu_count()
+        else:
+            # the cluster's nodes run this driver's autotransfer code, whatever version they have installed
+            kwargs["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parent)],
+                                     "excludes": ["__pycache__", "*.pyc"]}
         try:
             ctx = ray.init(**kwargs)
-        except ConnectionError as exc:
-            raise UserError(f"--address {settings.address}: cannot connect to a Ray cluster ({exc})") from None
+        except (ConnectionError, TimeoutError) as exc:
+            raise UserError(f"--address {settings.address}: cannot connect to a Ray cluster "
+                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        except ValueError as exc:
+            raise UserError(f"--address {settings.address}: {str(exc).splitlines()[0]}") from None
         started = True
         dashboard = getattr(ctx, "dashboard_url", None) or None
     else:
         dashboard = None  # a Ray started by the caller: its dashboard is theirs to report
     resources = ray.cluster_resources()
-    return Cluster(address=settings.address, dashboard_url=dashboard if settings.dashboard else None,
-                   cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), started_here=started)
+    nodes = [Node(node_id=n["NodeID"], address=str(n.get("NodeManagerAddress", "?")),
+                  cpus=float(n.get("Resources", {}).get("CPU", 0)), gpus=float(n.get("Resources", {}).get("GPU", 0)),
+                  is_head="node:__internal_head__" in n.get("Resources", {}))
+             for n in ray.nodes() if n.get("Alive")]
+    show_dashboard = settings.dashboard or settings.address is not None
+    return Cluster(address=settings.address, dashboard_url=dashboard if show_dashboard else None,
+                   cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), started_here=started,
+                   nodes=nodes)
 
 
 def concurrency(settings: SearchSettings, cluster: Cluster) -> int:
@@ -87,9 +130,11 @@ def concurrency(settings: SearchSettings, cluster: Cluster) -> int:
     if settings.gpus_per_trial > 0 and settings.gpus_per_trial > cluster.gpus:
         raise UserError(f"--gpus-per-trial {settings.gpus_per_trial:g} but the cluster has "
                         f"{cluster.gpus:g} GPUs; use --gpus-per-trial 0 or a GPU cluster")
-    fit = math.floor(cluster.cpus / settings.cpus_per_trial + 1e-9)
-    if settings.gpus_per_trial > 0:
-        fit = min(fit, math.floor(cluster.gpus / settings.gpus_per_trial + 1e-9))
+    fit = holds(settings, cluster)
+    if fit == 0:
+        raise UserError(f"no single node has {settings.cpus_per_trial:g} CPUs"
+                        + (f" and {settings.gpus_per_trial:g} GPUs" if settings.gpus_per_trial else "")
+                        + " free for one trial (a trial runs on one node); lower --cpus-per-trial/--gpus-per-trial")
     if settings.max_concurrent is not None and settings.max_concurrent > max(1, fit):
         raise UserError(f"--max-concurrent {settings.max_concurrent} but the cluster holds {max(1, fit)} trial(s) "
                         f"at once ({cluster.cpus:g} CPUs / {settings.cpus_per_trial:g} per trial); lower it")
@@ -99,12 +144,26 @@ def concurrency(settings: SearchSettings, cluster: Cluster) -> int:
     return fit
 
 
+def holds(settings: SearchSettings, cluster: Cluster) -> int:
+    """Trials the cluster runs at once: a trial's CPUs and GPUs come from one node, so count per node."""
+    nodes = cluster.nodes or [Node("local", "local", cluster.cpus, cluster.gpus)]
+    total = 0
+    for n in nodes:
+        fit = math.floor(n.cpus / settings.cpus_per_trial + 1e-9)
+        if settings.gpus_per_trial > 0:
+            fit = min(fit, math.floor(n.gpus / settings.gpus_per_trial + 1e-9))
+        total += fit
+    return total
+
+
 def make_sampler(name: str, seed: int, num_samples: int) -> Any:
     """The Optuna sampler behind ``--sampler`` (seeded)."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial is reported with a NaN metric: Optuna records it as failed; its warning adds nothing
+    warnings.filterwarnings("ignore", message=r"The value nan is not acceptable")
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
@@ -144,7 +203,7 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     if settings.resume:
-        tuner = tune.Tuner.restore(str(settings.output / "tune"), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(f"{settings.tune_storage}/tune", trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
         # Ray restores the callbacks pickled with the run; this process's live view replaces them
         tuner._local_tuner.get_run_config().callbacks = callbacks
@@ -158,10 +217,12 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
         ),
         run_config=tune.RunConfig(
             name="tune",
-            storage_path=str(settings.output),
+            storage_path=settings.tune_storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
                                                     checkpoint_score_order=MODE),
-            failure_config=tune.FailureConfig(max_failures=0),
+            # only lost workers/nodes raise here (a trial's own errors are reported, see run_trial): retry those
+            # from the trial's last checkpoint
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             verbose=0,
             callbacks=callbacks,
         ),
