@@ -11,6 +11,7 @@ tested -> results and report written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -26,6 +27,8 @@ from rich.console import Console
 from autotransfer.errors import UserError
 from autotransfer.results import FAILED, INTERRUPTED, STOPPED, TrialRecord, environment, rank, record_from_result, save_results
 from autotransfer.settings import SearchSettings
+from autotransfer.shipping import plan_folders
+from autotransfer.storage import check_target, prune_checkpoints, upload_run
 from autotransfer.space import SearchSpace, load_space
 from autotransfer.tasks import BackboneInfo, get_task
 
@@ -155,6 +158,7 @@ class _Search:
                 raise UserError(f"--data: {s.data} changed since the run started; resuming would mix datasets")
         else:
             check_output(s)
+            check_target(s)
         space = load_space(s.space).restrict(s.backbones, s.strategies)  # type: ignore[arg-type]
         if space.task and space.task != s.task:
             raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")
@@ -198,9 +202,15 @@ class _Search:
 
         cluster = start_ray(s)
         hint = cluster.dashboard_hint()
-        self.log(f"Ray: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs"
-                 + (f"; dashboard {hint}" if hint else ""))
+        self.log(cluster.describe() + (f"; dashboard {hint}" if hint else ""))
         max_concurrent = concurrency(s, cluster)  # refuses resource requests the cluster cannot hold
+        shipped: dict[str, Any] = {}
+        if cluster.remote:  # the cluster's nodes may not see the driver's folders: check, ship if needed
+            shipped, lines = plan_folders(list(backbones.values()))
+            for line in lines:
+                self.log(line)
+        if s.storage:
+            self.log(f"storage: {s.tune_storage}" + (f" (results staged in {s.output})" if s.storage_is_uri else ""))
 
         # inputs are valid: only now is anything written
         out = s.output
@@ -212,10 +222,13 @@ class _Search:
         ctx = TrialContext(task=s.task, backbones=backbones, prepared=prepared, label_names=splits.label_names,
                            metric=s.metric, max_epochs=s.max_epochs, evals_per_epoch=s.evals_per_epoch,
                            precision=s.precision, threads=s.torch_threads, seed=s.seed,
-                           use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code)
+                           use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code, shipped=shipped)
         meta: dict[str, Any] = {
             "run_name": s.run_name, "task": s.task, "metric": s.metric, "command": s.command,
             "data": summary, "space": space.to_dict(), "dashboard": cluster.dashboard_url,
+            "cluster": {"address": s.address, "nodes": [dataclasses.asdict(n) for n in cluster.nodes],
+                        "cpus": cluster.cpus, "gpus": cluster.gpus, "storage": s.tune_storage,
+                        "max_failures": s.max_failures},
             "preparation": prep.to_dict(), "environment": environment(),
             "engine": {"sampler": s.sampler, "scheduler": s.scheduler, "max_epochs": s.max_epochs,
                        "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
@@ -229,6 +242,8 @@ class _Search:
         finally:
             live.stop()
         records = [record_from_result(r, s.metric, s.max_iterations) for r in grid]
+        for r in records:
+            r.lost_attempts = list(live.lost_attempts.get(r.trial_id, []))
         unfinished = live.unfinished
         # the trial in flight at Ctrl-C was cut short by the user, not by ASHA
         cut = {r.trial_id for r in records
@@ -243,6 +258,7 @@ class _Search:
         if unfinished or live.interrupted:
             save_results(out, records, s.metric, meta)
             write_report(out, records, meta)
+            upload_run(s)
             done = sum(1 for r in records if r.status != INTERRUPTED)
             raise SearchInterrupted(f"search interrupted with {done} of {s.num_samples} trials finished; results so "
                                     f"far are in {out}; continue with: autotransfer resume {out}")
@@ -250,6 +266,7 @@ class _Search:
         if best is None:
             save_results(out, records, s.metric, meta)
             write_report(out, records, meta)
+            upload_run(s)
             reasons = sorted({r.error or "no result" for r in records})
             raise SearchFailed(f"every trial failed ({len(records)}); first reason: {reasons[0]}")
 
@@ -261,18 +278,13 @@ class _Search:
         meta["wall_time_s"] = time.perf_counter() - t_start
         (out / "test_metrics.json").write_text(json.dumps(tested["test_metrics"], indent=2))
         if not s.keep_checkpoints:
-            _prune_checkpoints(out / "tune", keep=best.checkpoint)
+            prune_checkpoints(f"{s.tune_storage}/tune", keep=best.checkpoint)
         save_results(out, records, s.metric, meta)
         report = write_report(out, records, meta)
+        uploaded = upload_run(s)
+        if uploaded:
+            self.log(f"results, report and best/ uploaded to {uploaded}")
         return SearchResult(output=out, records=records, best=best, best_dir=best_dir,
                             test_metrics=tested["test_metrics"], report=report, dashboard_url=cluster.dashboard_url,
                             stats={"preparation": prep.to_dict(), "wall_time_s": meta["wall_time_s"],
                                    "first_result_s": live.first_result_s})
-
-
-def _prune_checkpoints(tune_dir: Path, keep: Optional[str]) -> None:
-    """Delete every trial checkpoint but the exported one (bounded disk use)."""
-    keep_path = Path(keep).resolve() if keep else None
-    for ckpt in tune_dir.glob("*/checkpoint_*"):
-        if ckpt.is_dir() and ckpt.resolve() != keep_path:
-            shutil.rmtree(ckpt, ignore_errors=True)

@@ -32,6 +32,9 @@ examples:
   # only LoRA and full fine-tuning, 30 minutes at most
   autotransfer search --task text-cls --data data/ --strategies lora,full --time-budget 1800
 
+  # on an existing Ray cluster (ray start --head ...), results and checkpoints on shared storage
+  autotransfer search --task text-cls --data reviews.csv --address auto --storage /mnt/shared/runs
+
 The best model lands in <output>/best: transformers.pipeline("text-classification", model=<output>/best).
 """
 
@@ -76,9 +79,15 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = bf16/fp16 autocast on GPU, fp32 on CPU")
     o = p.add_argument_group("cluster and output")
-    o.add_argument("--address", help="existing Ray cluster (auto, HOST:PORT, ray://HOST:10001)")
+    o.add_argument("--address", help="existing Ray cluster (auto, HOST:PORT); default: start a local Ray. "
+                                     "From outside the cluster, submit the command as a Ray job")
+    o.add_argument("--storage", help="results and checkpoints: a folder every node sees (the run goes to "
+                                     "<storage>/<run-name>) or a URI (s3://..., gs://...) Ray Tune writes to")
+    o.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a trial whose worker or node died, from its last checkpoint (default 2)")
     o.add_argument("--no-dashboard", dest="dashboard", action="store_false", help="don't start the Ray dashboard")
-    o.add_argument("--output", type=Path, help="run folder (default: reports/<run-name>)")
+    o.add_argument("--output", type=Path, help="run folder (default: reports/<run-name>; with a --storage URI: "
+                                               "the local copy of results, report and best/)")
     o.add_argument("--run-name")
     o.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     o.add_argument("--resume", action="store_true",

@@ -16,6 +16,7 @@ from typing import Any
 
 from autotransfer.metrics import per_class_report
 from autotransfer.results import TrialRecord
+from autotransfer.storage import local_copy
 from autotransfer.tasks import get_task
 from autotransfer.training import TrialContext, autocast_dtype, build_trial_model, device_for, evaluate, load_trainable
 
@@ -30,7 +31,8 @@ def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: i
     task = get_task(ctx.task)
     backbone = ctx.backbones[record.backbone]
     strategy, adapted = build_trial_model(task, backbone, ctx.label_names, record.config, ctx.trust_remote_code)
-    load_trainable(adapted.model, record.checkpoint)
+    with local_copy(record.checkpoint) as checkpoint_dir:  # a URI's checkpoint is downloaded first
+        load_trainable(adapted.model, checkpoint_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside peft/transformers
         model = strategy.finalize(adapted.model)

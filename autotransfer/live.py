@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from autotransfer.backbones import display_name
-from autotransfer.results import FAILED, RUNNING, TrialRecord, finish_status, one_line, rank
+from autotransfer.results import FAILED, NODE_ID, RUNNING, TRIAL_ERROR, TrialRecord, finish_status, one_line, rank
 
 
 class LiveLeaderboard(Callback):
@@ -41,6 +41,8 @@ class LiveLeaderboard(Callback):
         self.interrupted = False
         #: trials Tune finished itself (completed, stopped by the scheduler, or failed)
         self.decided: set[str] = set()
+        #: attempts lost to a dead worker/node and retried by Ray Tune: trial id -> [{"error", "node", "epoch"}]
+        self.lost_attempts: dict[str, list[dict[str, Any]]] = {}
 
     # Ray pickles the run config (callbacks included) for Tuner.restore: drop the terminal handles
     def __getstate__(self) -> dict[str, Any]:
@@ -62,7 +64,7 @@ class LiveLeaderboard(Callback):
                      "backbone_full": str(cfg.get("backbone", "?")), "strategy": str(cfg.get("strategy", "?")),
                      "params": {k: v for k, v in cfg.items() if k not in ("backbone", "strategy")},
                      "best": -math.inf, "epoch": 0.0, "status": RUNNING, "error": None, "history": [],
-                     "iterations": 0, "last": {}}
+                     "iterations": 0, "last": {}, "nodes": []}
             self.trials[trial.trial_id] = entry
         return entry
 
@@ -75,20 +77,41 @@ class LiveLeaderboard(Callback):
             self.first_result_s = time.monotonic() - self._start
         e = self._entry(trial)
         value = result.get(self.metric)
+        if value is not None and not math.isfinite(value):
+            value = None  # a failure report (see training.run_trial)
         if value is not None and value > e["best"]:
             e["best"] = float(value)
         e["epoch"] = float(result.get("epoch", e["epoch"]))
         e["iterations"] = int(result.get("training_iteration", 0))
         e["last"] = dict(result)
+        node = result.get(NODE_ID)
+        if node and (not e["nodes"] or e["nodes"][-1] != node):
+            e["nodes"].append(node)
         if value is not None:
             e["history"].append([e["epoch"], float(value)])
         self._refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         e = self._entry(trial)
-        done = int((trial.last_result or {}).get("training_iteration", 0))
-        e["status"] = finish_status(done, self.max_iterations)
+        last = trial.last_result or {}
+        if last.get(TRIAL_ERROR):
+            e["status"], e["error"] = FAILED, str(last[TRIAL_ERROR])
+        else:
+            e["status"] = finish_status(int(last.get("training_iteration", 0)), self.max_iterations)
         self._finished(e)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A worker or node died under the trial; Ray Tune retries it from its last checkpoint."""
+        e = self._entry(trial)
+        last = trial.last_result or {}
+        try:
+            error = one_line(trial.get_error() or "worker lost")
+        except Exception:  # noqa: BLE001 - the reason is informative only
+            error = "worker lost"
+        attempt = {"error": error, "node": last.get(NODE_ID), "epoch": last.get("epoch")}
+        self.lost_attempts.setdefault(trial.trial_id, []).append(attempt)
+        self.console.print(f"trial {e['id']} lost its worker ({error}); retrying it from its last checkpoint",
+                           highlight=False, markup=False, soft_wrap=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         e = self._entry(trial)
@@ -142,7 +165,8 @@ class LiveLeaderboard(Callback):
                 status=e["status"], iterations=e["iterations"], epochs=e["epoch"],
                 best_metric=best[1] if best else None, best_epoch=best[0] if best else None,
                 wall_time_s=float(last.get("time_total_s", 0.0)), trainable_params=last.get("trainable_params"),
-                total_params=last.get("total_params"), error=e["error"], history=list(e["history"])))
+                total_params=last.get("total_params"), error=e["error"], history=list(e["history"]),
+                nodes=list(e["nodes"]), lost_attempts=list(self.lost_attempts.get(e["id"], []))))
         return rank(out)
 
     # ---------------------------------------------------------------- drawing

@@ -24,7 +24,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from plotly.subplots import make_subplots
 
 from autotransfer.backbones import display_name
-from autotransfer.results import FAILED, STOPPED, TrialRecord
+from autotransfer.results import FAILED, STOPPED, TrialRecord, short_node
 
 REPORT_FILE = "leaderboard.html"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -225,10 +225,17 @@ def confusion_matrix(test: dict[str, Any], label_names: list[str]) -> Optional[g
 # ----------------------------------------------------------------------------- page
 def _status(r: TrialRecord) -> str:
     if r.status == STOPPED:
-        return f"stopped early by ASHA at rung {r.iterations}"
-    if r.status == FAILED:
-        return f"failed: {r.error or 'unknown error'}"
-    return r.status
+        text = f"stopped early by ASHA at rung {r.iterations}"
+    elif r.status == FAILED:
+        text = f"failed: {r.error or 'unknown error'}"
+    else:
+        text = r.status
+    if r.lost_attempts:
+        lost = "; ".join(f"node {short_node(a.get('node') or '?')}"
+                         + (f" at epoch {a['epoch']:.2f}" if isinstance(a.get("epoch"), (int, float)) else "")
+                         + f": {a.get('error') or 'worker lost'}" for a in r.lost_attempts)
+        text += f" (after {len(r.lost_attempts)} lost attempt{'s' if len(r.lost_attempts) > 1 else ''}: {lost})"
+    return text
 
 
 def _size(n: Optional[float]) -> str:
@@ -244,6 +251,7 @@ def _size(n: Optional[float]) -> str:
 def leaderboard_frame(records: list[TrialRecord], metric: str, test: Optional[dict[str, float]] = None) -> pd.DataFrame:
     """The table shown in the page, best first."""
     keys = sorted({k for r in records for k in r.params})
+    several_nodes = len({n for r in records for n in r.nodes}) > 1
     rows = []
     for r in records:
         row = {"rank": r.rank, "trial": r.trial_id, "backbone": display_name(r.backbone), "strategy": r.strategy,
@@ -253,6 +261,8 @@ def leaderboard_frame(records: list[TrialRecord], metric: str, test: Optional[di
         row.update({"epochs": r.epochs, "status": _status(r), "wall time (s)": round(r.wall_time_s, 1),
                     "trainable params": r.trainable_params, "total params": r.total_params,
                     "checkpoint": _size(r.checkpoint_bytes)})
+        if several_nodes:
+            row["node"] = " > ".join(short_node(n) for n in r.nodes)
         for k in keys:
             v = r.params.get(k)
             row[k] = f"{v:.3g}" if isinstance(v, float) else v

@@ -14,8 +14,12 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
+from autotransfer.storage import checkpoint_bytes, checkpoint_location
+
 COMPLETED, STOPPED, FAILED, RUNNING = "completed", "stopped_early", "failed", "running"
 INTERRUPTED = "interrupted"
+#: result keys: the Ray node a trial reported from; a trial's own one-line failure reason
+NODE_ID, TRIAL_ERROR = "node_id", "trial_error"
 #: config keys that are not hyperparameters
 _NOT_PARAMS = {"backbone", "strategy"}
 
@@ -43,6 +47,10 @@ class TrialRecord:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     rank: Optional[int] = None
     checkpoint_bytes: Optional[int] = None
+    #: Ray nodes the trial reported from, in order (more than one after a retry elsewhere)
+    nodes: list[str] = field(default_factory=list)
+    #: attempts lost to a dead worker or node and retried: [{"error", "node", "epoch"}, ...]
+    lost_attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -74,7 +82,7 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
     config = dict(result.config or {})
     df = result.metrics_dataframe
     history: list[list[float]] = []
-    if df is not None and metric in getattr(df, "columns", []):
+    if df is not None and {metric, "epoch"} <= set(getattr(df, "columns", [])):
         rows = df[["epoch", metric]].dropna()
         history = [[float(e), float(v)] for e, v in zip(rows["epoch"], rows[metric])]
     best_metric = best_epoch = None
@@ -83,18 +91,26 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
     iterations = int(metrics.get("training_iteration", len(history)) or 0)
     if result.error is not None:
         status, error = FAILED, one_line(result.error)
+    elif metrics.get(TRIAL_ERROR):  # the trial's own failure, reported rather than raised (not retried)
+        status, error = FAILED, str(metrics[TRIAL_ERROR])
+        iterations = max(0, iterations - 1)  # the failure report is not an evaluation
     else:
         status, error = finish_status(iterations, max_iterations), None
     checkpoint = None
     best_ckpts = getattr(result, "best_checkpoints", None) or []
     if best_ckpts:
-        checkpoint = max(best_ckpts, key=lambda cm: cm[1].get(metric, -math.inf))[0].path
+        checkpoint = checkpoint_location(max(best_ckpts, key=lambda cm: _score(cm[1].get(metric)))[0])
     elif result.checkpoint is not None:
-        checkpoint = result.checkpoint.path
+        checkpoint = checkpoint_location(result.checkpoint)
     trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
-    size = None
-    if checkpoint is not None and Path(checkpoint).is_dir():
-        size = sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
+    size = checkpoint_bytes(checkpoint) if checkpoint is not None else None
+    nodes: list[str] = []
+    if df is not None and NODE_ID in getattr(df, "columns", []):
+        for n in df[NODE_ID].dropna():
+            if not nodes or nodes[-1] != n:
+                nodes.append(str(n))
+    elif metrics.get(NODE_ID):
+        nodes = [str(metrics[NODE_ID])]
     keep = ("val_loss", "train_loss", "samples_per_s", "torch_threads", metric)
     return TrialRecord(
         trial_id=trial_id,
@@ -114,7 +130,21 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
         checkpoint=checkpoint,
         last_metrics={k: metrics[k] for k in keep if k in metrics},
         checkpoint_bytes=size,
+        nodes=nodes,
     )
+
+
+def _score(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return -math.inf
+    return v if math.isfinite(v) else -math.inf
+
+
+def short_node(node_id: str) -> str:
+    """The first 8 hex digits of a Ray node id (as the Ray dashboard abbreviates them)."""
+    return str(node_id)[:8]
 
 
 def environment() -> dict[str, Any]:
@@ -166,6 +196,7 @@ def to_frame(records: list[TrialRecord], metric: str) -> pd.DataFrame:
             f"best_{metric}": r.best_metric, "best_epoch": r.best_epoch, "status": r.status,
             "epochs": r.epochs, "iterations": r.iterations, "wall_time_s": round(r.wall_time_s, 2),
             "trainable_params": r.trainable_params, "total_params": r.total_params, "error": r.error,
+            "nodes": " ".join(short_node(n) for n in r.nodes), "lost_attempts": len(r.lost_attempts),
         }
         row.update({f"param.{k}": v for k, v in r.params.items()})
         rows.append(row)

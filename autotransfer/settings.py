@@ -87,6 +87,10 @@ class SearchSettings:
     # cluster / output
     address: Optional[str] = None
     dashboard: bool = True
+    #: where results and checkpoints live: a (shared) folder, or a URI (s3://, gs://, file://...) for Ray Tune
+    storage: Optional[str] = None
+    #: retries of a trial whose worker died (node lost, process killed); its own errors are not retried
+    max_failures: int = 2
     output: Optional[Path] = None
     run_name: Optional[str] = None
     overwrite: bool = False
@@ -144,11 +148,34 @@ class SearchSettings:
             raise UserError(f"--grace-period ({self.grace_period}) is longer than --max-epochs ({self.max_epochs})")
         if not self.reduction_factor > 1:
             raise UserError(f"--reduction-factor: must be greater than 1, got {self.reduction_factor}")
+        if not isinstance(self.max_failures, int) or isinstance(self.max_failures, bool) or self.max_failures < 0:
+            raise UserError(f"--max-failures: must be a whole number of at least 0, got {self.max_failures!r}")
+        if self.address is not None and str(self.address).startswith("ray://"):
+            raise UserError(f"--address {self.address}: Ray Client cannot carry a whole search (Ray Tune would run its "
+                            "loop on the head, where your files are not); submit it as a Ray job instead: ray job "
+                            "submit --address http://HEAD:8265 --working-dir . -- autotransfer search --address auto ...")
         if self.run_name is None:
             self.run_name = f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if self.storage is not None:
+            self._check_storage()
         if self.output is None:
-            self.output = Path("reports") / self.run_name
+            self.output = (Path(self.storage) if self.storage and not self.storage_is_uri else Path("reports")) \
+                / self.run_name
         self.output = Path(self.output).expanduser().resolve()
+
+    def _check_storage(self) -> None:
+        storage = str(self.storage).strip()
+        if not storage:
+            raise UserError("--storage: give a folder or a URI such as s3://bucket/runs")
+        if "/" in str(self.run_name) or str(self.run_name) in (".", ".."):
+            raise UserError(f"--run-name: {self.run_name!r} must be a plain name (it names a folder in --storage)")
+        if is_uri(storage):
+            self.storage = storage.rstrip("/")
+            return
+        if self.output is not None and not self.resume:
+            raise UserError("--storage FOLDER already sets the run folder (<storage>/<run-name>); "
+                            "drop --output, or use --output alone")
+        self.storage = str(Path(storage).expanduser().resolve())
 
     def _positive_int(self, name: str) -> None:
         v = getattr(self, name)
@@ -156,6 +183,18 @@ class SearchSettings:
             raise UserError(f"--{name.replace('_', '-')}: must be a whole number of at least 1, got {v!r}")
 
     # ------------------------------------------------------------------ derived
+    @property
+    def storage_is_uri(self) -> bool:
+        """``--storage`` is a URI (results staged in ``output`` and uploaded), not a folder."""
+        return self.storage is not None and is_uri(self.storage)
+
+    @property
+    def tune_storage(self) -> str:
+        """Ray Tune's ``storage_path``: the run folder, or ``<storage URI>/<run-name>``."""
+        if self.storage_is_uri:
+            return f"{self.storage}/{self.run_name}"
+        return str(self.output)
+
     @property
     def max_iterations(self) -> int:
         """Evaluation rounds of a trial that runs to the end (ASHA's ``max_t``)."""
@@ -182,6 +221,12 @@ class SearchSettings:
     def from_dict(cls, data: dict[str, Any]) -> "SearchSettings":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def is_uri(value: str) -> bool:
+    """``s3://...``, ``gs://...``, ``file://...``: storage Ray Tune reaches through pyarrow."""
+    scheme, sep, _ = str(value).partition("://")
+    return bool(sep) and scheme.isascii() and scheme.replace("+", "").isalnum() and len(scheme) > 1
 
 
 def local_cpu_count() -> int:

@@ -19,7 +19,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -62,6 +62,8 @@ class TrialContext:
     seed: int = 0
     use_gpu: bool = False
     trust_remote_code: bool = False
+    #: local backbone folders some node lacks, shipped through the object store (see autotransfer.shipping)
+    shipped: dict[str, Any] = field(default_factory=dict)
 
 
 def device_for(use_gpu: bool) -> torch.device:
@@ -297,21 +299,37 @@ def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Ray Tune function trainable: :func:`train` wired to ``tune.report`` and ``tune.get_checkpoint``."""
+    """Ray Tune function trainable: :func:`train` wired to ``tune.report`` and ``tune.get_checkpoint``.
+
+    The trial's own failures (a diverged loss, a model that cannot be built...) are final: they
+    are reported as a last result carrying ``trial_error`` and the trial ends, so Ray Tune's
+    ``max_failures`` retries only what is worth retrying: a worker or node that died.
+    """
+    import ray
     from ray import tune
+
+    from autotransfer.results import NODE_ID, TRIAL_ERROR, one_line
+    from autotransfer.shipping import use_local_folders
+
+    node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, NODE_ID: node}, checkpoint=checkpoint)
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        train(config, ctx, report)
-        return
-    with checkpoint.as_directory() as restore_dir:
-        with tempfile.TemporaryDirectory(prefix="autotransfer-restore-") as tmp:
-            for name in (WEIGHTS_FILE, STATE_FILE):
-                src = Path(restore_dir) / name
-                if src.exists():
-                    (Path(tmp) / name).write_bytes(src.read_bytes())
-            train(config, ctx, report, restore_dir=tmp)
+    try:
+        ctx = use_local_folders(ctx, config["backbone"])
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            train(config, ctx, report)
+            return
+        with checkpoint.as_directory() as restore_dir:
+            with tempfile.TemporaryDirectory(prefix="autotransfer-restore-") as tmp:
+                for name in (WEIGHTS_FILE, STATE_FILE):
+                    src = Path(restore_dir) / name
+                    if src.exists():
+                        (Path(tmp) / name).write_bytes(src.read_bytes())
+                train(config, ctx, report, restore_dir=tmp)
+    except Exception as exc:  # noqa: BLE001 - any error of the trial's own is its one-line reason
+        reason = str(exc) if isinstance(exc, TrialFailed) else one_line(f"{type(exc).__name__}: {exc}")
+        tune.report({ctx.metric: float("nan"), TRIAL_ERROR: reason or type(exc).__name__, NODE_ID: node})

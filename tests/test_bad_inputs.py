@@ -95,6 +95,13 @@ CASES = [
     ("more-cpus-than-resources", "text", lambda t: tsv(t, GOOD), ["--cpus-per-trial", "64"], "more than the cluster has"),
     ("unwritable-output", "text", lambda t: tsv(t, GOOD), ["--output", "/proc/autotransfer-run"], "not writable"),
     ("output-under-a-file", "text", lambda t: tsv(t, GOOD), ["--output", "FILE/run"], "is a file"),
+    ("ray-client-address", "text", lambda t: tsv(t, GOOD), ["--address", "ray://127.0.0.1:10001"],
+     "submit it as a Ray job"),
+    ("storage-folder-and-output", "text", lambda t: tsv(t, GOOD), ["--storage", "/tmp/autotransfer-not-created"],
+     "--storage FOLDER already sets the run folder"),
+    ("storage-uri-unopenable", "text", lambda t: tsv(t, GOOD), ["--storage", "nosuchfs://bucket/runs"],
+     "cannot open it"),
+    ("negative-max-failures", "text", lambda t: tsv(t, GOOD), ["--max-failures", "-1"], "--max-failures"),
 ]
 
 

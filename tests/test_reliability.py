@@ -71,6 +71,8 @@ strategies:
     by_strategy = {r.strategy: r for r in result.records}
     assert {r.status for r in result.records if r.strategy == "full"} == {FAILED}
     assert all("NaN/inf" in r.error for r in result.records if r.strategy == "full")
+    # a trial's own failure is final: not retried like a lost worker (max_failures is for those)
+    assert all(not r.lost_attempts for r in result.records)
     assert all(r.status in (COMPLETED, STOPPED) for r in result.records if r.strategy == "linear_probe")
     assert result.best.strategy == "linear_probe" and len(result.records) == 4
     saved = json.loads((result.output / "results.json").read_text())

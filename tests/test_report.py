@@ -98,3 +98,19 @@ def test_report_command_rebuilds_the_page(run_dir):
     (run_dir / "leaderboard.html").unlink(missing_ok=True)
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "leaderboard.html").stat().st_size > 1_000_000 or (run_dir / "leaderboard.html").exists()
+
+
+def test_table_shows_nodes_and_lost_attempts_of_a_cluster_run():
+    a, b = "a1b2c3d4" + "0" * 48, "ffee0011" + "1" * 48
+    moved = _record(0, "full", "/models/bert", 0.9, lr=1e-4)
+    moved.nodes, moved.lost_attempts = [b, a], [{"node": b, "epoch": 1.5, "error": "ActorDiedError: node died"}]
+    stayed = _record(1, "lora", "/models/bert", 0.8, lr=1e-3)
+    stayed.nodes = [a]
+    df = leaderboard_frame(rank([moved, stayed]), "accuracy")
+    assert df["node"].tolist() == ["ffee0011 > a1b2c3d4", "a1b2c3d4"]
+    assert df["status"].iloc[0] == ("completed (after 1 lost attempt: node ffee0011 at epoch 1.50: "
+                                    "ActorDiedError: node died)")
+    assert df["status"].iloc[1] == "completed"
+    one_node = _record(2, "full", "/models/bert", 0.7)
+    one_node.nodes = [a]
+    assert "node" not in leaderboard_frame(rank([one_node, stayed]), "accuracy").columns
