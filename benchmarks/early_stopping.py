@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=1000)
     ap.add_argument("--num-samples", type=int, default=16)
     ap.add_argument("--max-epochs", type=int, default=3)
+    ap.add_argument("--grace-period", type=float, default=1.0, help="ASHA grace period in epochs (CLI default 1)")
+    ap.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (CLI default 2)")
+    ap.add_argument("--evals-per-epoch", type=int, default=2, help="evaluations (rungs) per epoch (CLI default 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
@@ -43,6 +46,8 @@ def main() -> None:
         result = autotransfer.search(
             task="text-cls", data=data, space=REPO / "search_spaces" / "text-cls-local.yaml",
             num_samples=args.num_samples, max_epochs=args.max_epochs, sampler="random", scheduler=scheduler,
+            grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+            evals_per_epoch=args.evals_per_epoch,
             seed=args.seed, dashboard=False, output=tmp / scheduler,
         )
         runs[scheduler] = {
@@ -65,6 +70,8 @@ def main() -> None:
         "benchmark": "early_stopping",
         "machine": machine(),
         "setup": {"train_rows": args.train_rows, "num_samples": args.num_samples, "max_epochs": args.max_epochs,
+                  "grace_period_epochs": args.grace_period, "reduction_factor": args.reduction_factor,
+                  "evals_per_epoch": args.evals_per_epoch,
                   "sampler": "random (seeded): both searches run the same configurations"},
         "same_configurations": a["configs"] == f["configs"],
         "asha": {k: v for k, v in a.items() if k != "configs"},
