@@ -96,7 +96,7 @@ def start_ray(settings: SearchSettings) -> Cluster:
         )
         if settings.address is None:
             kwargs["num_cpus"] = local_cpu_count()
-        else:
+        elif "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # inside a Ray job, the job's runtime env rules
             # the cluster's nodes run this driver's autotransfer code, whatever version they have installed
             kwargs["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parent)],
                                      "excludes": ["__pycache__", "*.pyc"]}

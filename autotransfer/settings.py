@@ -153,7 +153,7 @@ class SearchSettings:
         if self.address is not None and str(self.address).startswith("ray://"):
             raise UserError(f"--address {self.address}: Ray Client cannot carry a whole search (Ray Tune would run its "
                             "loop on the head, where your files are not); submit it as a Ray job instead: ray job "
-                            "submit --address http://HEAD:8265 --working-dir . -- autotransfer search --address auto ...")
+                            "submit --address http://HEAD:8265 -- autotransfer search --address auto ...")
         if self.run_name is None:
             self.run_name = f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}"
         if self.storage is not None:

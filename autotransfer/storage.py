@@ -130,7 +130,8 @@ def prune_checkpoints(tune_location: str, keep: Optional[str]) -> None:
     import pyarrow.fs
 
     fs, root = filesystem(tune_location)
-    keep_path = filesystem(keep)[1].rstrip("/") if keep and is_uri(keep) else None
+    # ``keep`` is a URI, or a plain path when the URI's filesystem is local (file://)
+    keep_path = (filesystem(keep)[1] if is_uri(keep) else keep).rstrip("/") if keep else None
     for trial in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
         if trial.type != pyarrow.fs.FileType.Directory:
             continue

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+#: Ray's CLI from this interpreter (the `ray` script may not be on PATH, e.g. in a virtualenv not activated)
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 pytestmark = pytest.mark.e2e
 
 
@@ -40,7 +42,7 @@ class LocalCluster:
     logs: Path
 
     def nodes(self) -> list[dict]:
-        out = subprocess.run(["ray", "list", "nodes", "--format", "json", "--address", self.dashboard],
+        out = subprocess.run([*RAY, "list", "nodes", "--format", "json", "--address", self.dashboard],
                              env=self.env, capture_output=True, text=True, timeout=60)
         return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip().startswith("[") else []
 
@@ -72,7 +74,7 @@ def ray_cluster(tmp_path):
     logs = tmp_path / "ray-logs"
     logs.mkdir()
     head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+        [*RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
          "--disable-usage-stats"],
@@ -86,7 +88,7 @@ def ray_cluster(tmp_path):
             assert head.poll() is None, (logs / "head.log").read_text()[-3000:]
             time.sleep(1)
         worker = subprocess.Popen(
-            ["ray", "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--num-gpus=0",
+            [*RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--num-gpus=0",
              f"--dashboard-agent-listen-port={_free_port()}"],
             env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         cluster.worker = worker
@@ -183,3 +185,19 @@ def test_losing_a_worker_node_mid_search_retries_its_trial_and_completes(ray_clu
     assert (run / "best" / "model.safetensors").exists()
     html = (run / "leaderboard.html").read_text()
     assert "lost attempt" in html
+
+
+def test_search_submitted_as_a_ray_job_runs_its_driver_on_the_cluster(ray_cluster, sentiment_dir, tiny_space, tmp_path):
+    """The README's advice for a driver outside the cluster: `ray job submit -- autotransfer search --address auto`."""
+    storage = tmp_path / "shared-storage"
+    job = subprocess.run(
+        [*RAY, "job", "submit", "--address", ray_cluster.dashboard, "--",
+         sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(sentiment_dir),
+         "--space", str(tiny_space), "--address", "auto", "--storage", str(storage), "--run-name", "as-a-job",
+         "--num-samples", "2", "--max-epochs", "1", "--strategies", "linear_probe"],
+        cwd=tmp_path, env=ray_cluster.env, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
+    assert "succeeded" in (job.stdout + job.stderr).lower()
+    run = storage / "as-a-job"
+    trials = json.loads((run / "results.json").read_text())["trials"]
+    assert len(trials) == 2 and (run / "best" / "model.safetensors").exists()

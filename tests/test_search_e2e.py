@@ -73,3 +73,27 @@ def test_best_checkpoint_loads_with_pipeline_and_predicts_label_names(run):
 def test_only_the_exported_checkpoint_is_kept(run):
     left = list((run.output / "tune").glob("*/checkpoint_*"))
     assert len(left) == 1 and run.best.trial_id in str(left[0])
+
+
+def test_storage_uri_holds_checkpoints_and_receives_results_report_and_best(ray_session, sentiment_dir, tiny_space,
+                                                                            tmp_path):
+    from transformers import pipeline
+
+    bucket = tmp_path / "bucket"  # file:// goes through pyarrow like s3:// or gs:// would
+    local = tmp_path / "local"
+    result = autotransfer.search(
+        task="text-cls", data=sentiment_dir, space=tiny_space, num_samples=2, max_epochs=1, evals_per_epoch=1,
+        strategies=["linear_probe"], seed=0, dashboard=False, storage=f"file://{bucket}", run_name="uri-run",
+        output=local,
+    )
+    remote = bucket / "uri-run"
+    assert list((remote / "tune").glob("trial_*/checkpoint_*"))  # trial state and checkpoints went to the URI
+    assert not (local / "tune").exists()
+    for name in ("results.json", "results.csv", "leaderboard.html", "test_metrics.json", "settings.json",
+                 "best/model.safetensors", "best/label_map.json"):
+        assert (remote / name).exists(), name
+    saved = json.loads((remote / "results.json").read_text())
+    assert saved["cluster"]["storage"] == f"file://{bucket}/uri-run"
+    assert json.loads((remote / "test_metrics.json").read_text()) == result.test_metrics
+    clf = pipeline("text-classification", model=str(remote / "best"))
+    assert clf("a great film")[0]["label"] in ("positive", "negative")
