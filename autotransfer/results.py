@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
-from autotransfer.storage import checkpoint_bytes, checkpoint_location
+from autotransfer.storage import checkpoint_location, folder_bytes
 
 COMPLETED, STOPPED, FAILED, RUNNING = "completed", "stopped_early", "failed", "running"
 INTERRUPTED = "interrupted"
@@ -103,7 +103,7 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
     elif result.checkpoint is not None:
         checkpoint = checkpoint_location(result.checkpoint)
     trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
-    size = checkpoint_bytes(checkpoint) if checkpoint is not None else None
+    size = folder_bytes(checkpoint) if checkpoint is not None else None
     nodes: list[str] = []
     if df is not None and NODE_ID in getattr(df, "columns", []):
         for n in df[NODE_ID].dropna():

@@ -43,7 +43,6 @@ class Cluster:
     dashboard_url: Optional[str]
     cpus: float
     gpus: float
-    started_here: bool
     nodes: list[Node] = field(default_factory=list)
 
     @property
@@ -82,7 +81,6 @@ def start_ray(settings: SearchSettings) -> Cluster:
     # then loses at most a second of bookkeeping, and finished trials are not run again on resume
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-    started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(
             # no --address: always a fresh local Ray, even if `ray start` left a cluster (or a stale record
@@ -107,7 +105,6 @@ def start_ray(settings: SearchSettings) -> Cluster:
                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         except ValueError as exc:
             raise UserError(f"--address {settings.address}: {str(exc).splitlines()[0]}") from None
-        started = True
         dashboard = getattr(ctx, "dashboard_url", None) or None
     else:
         dashboard = None  # a Ray started by the caller: its dashboard is theirs to report
@@ -118,7 +115,7 @@ def start_ray(settings: SearchSettings) -> Cluster:
              for n in ray.nodes() if n.get("Alive")]
     show_dashboard = settings.dashboard or settings.address is not None
     return Cluster(address=settings.address, dashboard_url=dashboard if show_dashboard else None,
-                   cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), started_here=started,
+                   cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)),
                    nodes=nodes)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from autotransfer.errors import UserError
+from autotransfer.storage import folder_bytes
 
 #: folders larger than this are not shipped: put them on storage every node mounts
 SHIP_LIMIT_BYTES = 4 * 1024**3
@@ -60,10 +61,6 @@ def folder_fingerprint(path: str | Path) -> Optional[str]:
     return h.hexdigest()
 
 
-def _folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def probe_nodes(path: str) -> dict[str, Optional[str]]:
     """Each alive node's fingerprint of ``path`` (a zero-CPU task pinned to each node)."""
     import ray
@@ -77,7 +74,8 @@ def probe_nodes(path: str) -> dict[str, Optional[str]]:
 
 
 def plan_folders(backbones: Sequence[Any], probe: Callable[[str], dict[str, Optional[str]]] = probe_nodes,
-                 ship: Callable[[dict[str, bytes]], Any] = None) -> tuple[dict[str, ShippedFolder], list[str]]:
+                 ship: Optional[Callable[[dict[str, bytes]], Any]] = None,
+                 ) -> tuple[dict[str, ShippedFolder], list[str]]:
     """Decide, per local backbone folder, whether trials use it in place or get it shipped.
 
     Returns ``({backbone name: ShippedFolder}, [one line per folder saying which case applies])``.
@@ -99,7 +97,7 @@ def plan_folders(backbones: Sequence[Any], probe: Callable[[str], dict[str, Opti
         if not lacking:
             lines.append(f"backbone {bb.name}: folder {folder} found on all {len(seen)} node(s), used in place")
             continue
-        size = _folder_bytes(folder)
+        size = folder_bytes(str(folder)) or 0
         if size > SHIP_LIMIT_BYTES:
             raise UserError(f"backbone {bb.name}: folder {folder} is missing or different on {len(lacking)} of "
                             f"{len(seen)} node(s) and too large to ship ({size / 1e9:.1f} GB); put it on storage "

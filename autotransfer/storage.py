@@ -15,7 +15,6 @@ open, as Ray Tune supports): Ray Tune writes trial state and checkpoints to
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -104,15 +103,21 @@ def local_copy(location: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def checkpoint_bytes(location: str) -> Optional[int]:
-    """Size of a checkpoint folder, local or remote."""
-    try:
-        if not is_uri(location):
-            p = Path(location)
-            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else None
-        import pyarrow.fs
+def _open(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path in it) for a URI or a plain local path."""
+    if is_uri(location):
+        return filesystem(location)
+    import pyarrow.fs
 
-        fs, path = filesystem(location)
+    return pyarrow.fs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def folder_bytes(location: str) -> Optional[int]:
+    """Total size of the files under a folder, local or remote (None if it cannot be read)."""
+    import pyarrow.fs
+
+    try:
+        fs, path = _open(location)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
         return sum(i.size or 0 for i in infos if i.type == pyarrow.fs.FileType.File)
     except Exception:  # noqa: BLE001 - a size is informative only
@@ -121,17 +126,10 @@ def checkpoint_bytes(location: str) -> Optional[int]:
 
 def prune_checkpoints(tune_location: str, keep: Optional[str]) -> None:
     """Delete every trial checkpoint under ``tune_location`` but ``keep`` (bounded disk use)."""
-    if not is_uri(tune_location):
-        keep_path = Path(keep).resolve() if keep and not is_uri(keep) else None
-        for ckpt in Path(tune_location).glob("*/checkpoint_*"):
-            if ckpt.is_dir() and ckpt.resolve() != keep_path:
-                shutil.rmtree(ckpt, ignore_errors=True)
-        return
     import pyarrow.fs
 
-    fs, root = filesystem(tune_location)
-    # ``keep`` is a URI, or a plain path when the URI's filesystem is local (file://)
-    keep_path = (filesystem(keep)[1] if is_uri(keep) else keep).rstrip("/") if keep else None
+    fs, root = _open(tune_location)
+    keep_path = _open(keep)[1].rstrip("/") if keep else None
     for trial in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
         if trial.type != pyarrow.fs.FileType.Directory:
             continue

@@ -28,7 +28,6 @@ with test accuracies and wall times, and autotransfer's ratios to the peer.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -36,11 +35,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from text_cls import BACKBONES, SST2, make_data, recipe  # noqa: E402
+from text_cls import BACKBONES, SST2, TokenizedRows, make_data, read_splits, recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LR_RANGE = (1e-5, 3e-4)  # search_spaces/text-cls-local.yaml, strategy full, lr
@@ -55,20 +53,7 @@ def search_one(backbone: Path, frames: dict, out: Path, n_trials: int, epochs: i
 
     tok = AutoTokenizer.from_pretrained(backbone)
 
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, df):
-            self.enc = tok(df["sentence"].tolist(), truncation=True, max_length=128)
-            self.labels = df["label"].astype(int).tolist()
-
-        def __len__(self):
-            return len(self.labels)
-
-        def __getitem__(self, i):
-            item = {k: v[i] for k, v in self.enc.items()}
-            item["labels"] = self.labels[i]
-            return item
-
-    train, dev, test = (Rows(frames[s]) for s in ("train", "dev", "test"))
+    train, dev, test = (TokenizedRows(tok, frames[s]) for s in ("train", "dev", "test"))
     ended: dict[int, dict] = {}  # optuna trial number -> weights the trial ended with
     current = {"number": -1}
 
@@ -111,8 +96,7 @@ def peer(backbones: list[Path], data: Path, out: Path, trials: int, epochs: int,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
-    frames = {s: pd.read_csv(data / f"{s}.tsv", sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
-              for s in ("train", "dev", "test")}
+    frames = read_splits(data)
     per_backbone = [trials // len(backbones) + (i < trials % len(backbones)) for i in range(len(backbones))]
     runs, best = [], None
     for backbone, n_trials in zip(backbones, per_backbone):

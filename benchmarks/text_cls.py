@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
@@ -51,6 +52,26 @@ def make_data(folder: Path, train_rows: int, seed: int) -> Path:
     return folder
 
 
+def read_splits(data: Path) -> dict[str, pd.DataFrame]:
+    """train / dev / test of a folder written by :func:`make_data`."""
+    return {s: pd.read_csv(data / f"{s}.tsv", sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+            for s in ("train", "dev", "test")}
+
+
+class TokenizedRows(torch.utils.data.Dataset):
+    """SST-2 rows tokenized once (max 128 tokens), as the Trainer-based baselines feed them."""
+
+    def __init__(self, tok, df: pd.DataFrame):
+        self.enc = tok(df["sentence"].tolist(), truncation=True, max_length=128)
+        self.labels = df["label"].astype(int).tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**{k: v[i] for k, v in self.enc.items()}, "labels": self.labels[i]}
+
+
 def recipe(backbone: Path, data: Path, out: Path, seed: int) -> dict:
     """The tutorial recipe with transformers.Trainer: full fine-tuning, lr 2e-5, 3 epochs."""
     import torch
@@ -59,22 +80,8 @@ def recipe(backbone: Path, data: Path, out: Path, seed: int) -> dict:
 
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(backbone)
-    frames = {s: pd.read_csv(data / f"{s}.tsv", sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
-              for s in ("train", "dev", "test")}
-
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, df):
-            self.enc = tok(df["sentence"].tolist(), truncation=True, max_length=128)
-            self.labels = df["label"].astype(int).tolist()
-
-        def __len__(self):
-            return len(self.labels)
-
-        def __getitem__(self, i):
-            return {"input_ids": self.enc["input_ids"][i], "attention_mask": self.enc["attention_mask"][i],
-                    "token_type_ids": self.enc["token_type_ids"][i], "labels": self.labels[i]}
-
-    train, test = Rows(frames["train"]), Rows(frames["test"])
+    frames = read_splits(data)
+    train, test = TokenizedRows(tok, frames["train"]), TokenizedRows(tok, frames["test"])
     model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=2, dtype=torch.float32)
     args = TrainingArguments(output_dir=str(out), learning_rate=2e-5, num_train_epochs=3,
                              per_device_train_batch_size=32, per_device_eval_batch_size=64, weight_decay=0.01,

@@ -45,7 +45,7 @@ def test_derived_values(tmp_path):
 
 
 def test_concurrency_follows_resources(tmp_path):
-    cluster = Cluster(address=None, dashboard_url=None, cpus=8, gpus=1, started_here=True)
+    cluster = Cluster(address=None, dashboard_url=None, cpus=8, gpus=1)
     assert concurrency(_settings(tmp_path, num_samples=20, cpus_per_trial=2), cluster) == 4
     assert concurrency(_settings(tmp_path, num_samples=20, cpus_per_trial=1, gpus_per_trial=0.25), cluster) == 4
     assert concurrency(_settings(tmp_path, num_samples=20, max_concurrent=3), cluster) == 3

@@ -8,7 +8,7 @@ import pytest
 
 from autotransfer.errors import UserError
 from autotransfer.settings import SearchSettings, is_uri
-from autotransfer.storage import check_target, checkpoint_bytes, local_copy, prune_checkpoints, upload_run
+from autotransfer.storage import check_target, folder_bytes, local_copy, prune_checkpoints, upload_run
 
 
 def _settings(data: Path, **kw) -> SearchSettings:
@@ -68,7 +68,7 @@ def test_checkpoints_are_read_and_pruned_through_the_uri(tmp_path):
             (tune / trial / c / "trainable.safetensors").write_bytes(b"w" * 100)
     keep = tune / "trial_b" / "checkpoint_000001"
     uri = f"file://{tune}"
-    assert checkpoint_bytes(f"file://{keep}") == 100
+    assert folder_bytes(f"file://{keep}") == 100 == folder_bytes(str(keep))
     with local_copy(f"file://{keep}") as d:
         assert (Path(d) / "trainable.safetensors").read_bytes() == b"w" * 100
     prune_checkpoints(uri, keep=f"file://{keep}")
