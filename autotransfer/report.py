@@ -252,6 +252,7 @@ def leaderboard_frame(records: list[TrialRecord], metric: str, test: Optional[di
     """The table shown in the page, best first."""
     keys = sorted({k for r in records for k in r.params})
     several_nodes = len({n for r in records for n in r.nodes}) > 1
+    on_gpu = any(r.last_metrics.get("gpu_memory_peak_mb") for r in records)
     rows = []
     for r in records:
         row = {"rank": r.rank, "trial": r.trial_id, "backbone": display_name(r.backbone), "strategy": r.strategy,
@@ -261,6 +262,9 @@ def leaderboard_frame(records: list[TrialRecord], metric: str, test: Optional[di
         row.update({"epochs": r.epochs, "status": _status(r), "wall time (s)": round(r.wall_time_s, 1),
                     "trainable params": r.trainable_params, "total params": r.total_params,
                     "checkpoint": _size(r.checkpoint_bytes)})
+        if on_gpu:  # what sizing --gpus-per-trial fractions needs
+            peak = r.last_metrics.get("gpu_memory_peak_mb")
+            row["peak GPU memory (MiB)"] = None if peak is None else round(peak)
         if several_nodes:
             row["node"] = " > ".join(short_node(n) for n in r.nodes)
         for k in keys:

@@ -19,6 +19,7 @@ import json
 import math
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -172,25 +173,39 @@ def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
     """Train one configuration, reporting after every evaluation. Returns the final report.
 
     Out of GPU memory, the trial is retried once with half the batch size, then fails with a
-    one-line reason.
+    one-line reason.  Whatever happens, the trial's GPU memory is handed back before this
+    returns (Ray Tune reuses the worker process for the next trial).
     """
     batch_size = int(config.get("batch_size", 32))
     try:
-        return _train(config, ctx, report, restore_dir, batch_size)
-    except torch.cuda.OutOfMemoryError:
+        try:
+            return _train(config, ctx, report, restore_dir, batch_size)
+        except torch.cuda.OutOfMemoryError as exc:
+            _release_memory(exc)
+            if batch_size < 2:
+                raise TrialFailed("out of GPU memory at batch size 1") from None
+        try:
+            return _train(config, ctx, report, restore_dir, batch_size // 2)
+        except torch.cuda.OutOfMemoryError as exc:
+            _release_memory(exc)
+            raise TrialFailed(f"out of GPU memory at batch size {batch_size} and again at {batch_size // 2}") from None
+    except BaseException as exc:
+        _release_memory(exc)
+        raise
+    finally:
         _release_memory()
-        if batch_size < 2:
-            raise TrialFailed("out of GPU memory at batch size 1") from None
-    try:
-        return _train(config, ctx, report, restore_dir, batch_size // 2)
-    except torch.cuda.OutOfMemoryError:
-        _release_memory()
-        raise TrialFailed(f"out of GPU memory at batch size {batch_size} and again at {batch_size // 2}") from None
 
 
-def _release_memory() -> None:
+def _release_memory(exc: Optional[BaseException] = None) -> None:
+    """Free the finished attempt's tensors and hand cached GPU blocks back to the driver.
+
+    An exception's traceback keeps the failed frames, and so the model, optimizer state and
+    activations, alive: their locals are cleared first (the traceback itself stays printable).
+    """
+    if exc is not None and exc.__traceback__ is not None:
+        traceback.clear_frames(exc.__traceback__)
     gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
@@ -203,94 +218,107 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
     task = get_task(ctx.task)
     backbone = ctx.backbones[config["backbone"]]
     prepared = ctx.prepared[backbone.name]
-    model = optimizer = None
-    try:
-        _, adapted = build_trial_model(task, backbone, ctx.label_names, config, ctx.trust_remote_code)
-        model = adapted.model
-        state: dict[str, Any] = {}
-        if restore_dir is not None:
-            state = load_trainable(model, restore_dir)
-        model.to(device)
-        train_mode(model)
-        trainable, total = count_parameters(model)
-        optimizer = _optimizer(adapted.param_groups, float(config.get("weight_decay", 0.01)), device)
-        n_train = task.num_examples(prepared, "train")
-        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-        total_steps = steps_per_epoch * ctx.max_epochs
-        from transformers import get_scheduler
+    gpu_at_start = _gpu_memory_start(device)
+    _, adapted = build_trial_model(task, backbone, ctx.label_names, config, ctx.trust_remote_code)
+    model = adapted.model
+    state: dict[str, Any] = {}
+    if restore_dir is not None:
+        state = load_trainable(model, restore_dir)
+    model.to(device)
+    train_mode(model)
+    trainable, total = count_parameters(model)
+    optimizer = _optimizer(adapted.param_groups, float(config.get("weight_decay", 0.01)), device)
+    n_train = task.num_examples(prepared, "train")
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    total_steps = steps_per_epoch * ctx.max_epochs
+    from transformers import get_scheduler
 
-        scheduler = get_scheduler("linear", optimizer,
-                                  num_warmup_steps=int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)),
-                                  num_training_steps=total_steps)
-        scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
-        eval_at = {max(1, round(k * steps_per_epoch / ctx.evals_per_epoch)) for k in range(1, ctx.evals_per_epoch + 1)}
-        smoothing = float(config.get("label_smoothing", 0.0))
+    scheduler = get_scheduler("linear", optimizer,
+                              num_warmup_steps=int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)),
+                              num_training_steps=total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
+    eval_at = {max(1, round(k * steps_per_epoch / ctx.evals_per_epoch)) for k in range(1, ctx.evals_per_epoch + 1)}
+    smoothing = float(config.get("label_smoothing", 0.0))
 
-        step = int(state.get("step", 0))
-        best = float(state.get("best", -math.inf))
-        for _ in range(step):
+    step = int(state.get("step", 0))
+    best = float(state.get("best", -math.inf))
+    for _ in range(step):
+        scheduler.step()
+    last: dict[str, Any] = {}
+    loss_sum = torch.zeros((), device=device)
+    loss_n, seen, train_time = 0, 0, 0.0
+    for epoch in range(step // steps_per_epoch, ctx.max_epochs):
+        loader = task.batches(prepared, "train", batch_size, train=True, seed=ctx.seed + epoch,
+                              pin_memory=device.type == "cuda", config=config)
+        skip = step - epoch * steps_per_epoch  # batches already done before a restore
+        t0 = time.perf_counter()
+        for i, (inputs, labels) in enumerate(loader):
+            if i < skip:
+                continue
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            labels = labels.to(device, non_blocking=True)
+            with _autocast(device, dtype):
+                logits = task.logits(model, inputs)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
-        last: dict[str, Any] = {}
-        loss_sum = torch.zeros((), device=device)
-        loss_n, seen, train_time = 0, 0, 0.0
-        for epoch in range(step // steps_per_epoch, ctx.max_epochs):
-            loader = task.batches(prepared, "train", batch_size, train=True, seed=ctx.seed + epoch,
-                                  pin_memory=device.type == "cuda", config=config)
-            skip = step - epoch * steps_per_epoch  # batches already done before a restore
-            t0 = time.perf_counter()
-            for i, (inputs, labels) in enumerate(loader):
-                if i < skip:
-                    continue
-                inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-                labels = labels.to(device, non_blocking=True)
-                with _autocast(device, dtype):
-                    logits = task.logits(model, inputs)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                loss_sum += loss.detach()
-                loss_n += 1
-                seen += len(labels)
-                if step % FINITE_CHECK_EVERY == 0 or (i + 1) in eval_at:
-                    _check_finite(loss_sum, step)
-                if (i + 1) in eval_at:
-                    train_time += time.perf_counter() - t0
-                    metrics, _ = evaluate(model, task, prepared, "validation", batch_size, device, dtype)
-                    last = {
-                        **{k: v for k, v in metrics.items() if k != "loss"},
-                        "val_loss": metrics["loss"],
-                        "train_loss": float(loss_sum) / max(1, loss_n),
-                        "epoch": round(step / steps_per_epoch, 4),
-                        "step": step,
-                        "samples_per_s": seen / train_time if train_time > 0 else 0.0,
-                        "trainable_params": trainable,
-                        "total_params": total,
-                        "batch_size_used": batch_size,
-                        "torch_threads": torch.get_num_threads(),
-                    }
-                    loss_sum.zero_()
-                    loss_n = 0
-                    if last[ctx.metric] > best:
-                        best = last[ctx.metric]
-                        last["best_" + ctx.metric] = best
-                        with tempfile.TemporaryDirectory(prefix="autotransfer-ckpt-") as tmp:
-                            save_file(trainable_state(model), str(Path(tmp) / WEIGHTS_FILE))
-                            (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "best": best}))
-                            report(last, tmp)
-                    else:
-                        last["best_" + ctx.metric] = best
-                        report(last, None)
-                    t0 = time.perf_counter()
-        return last
-    finally:
-        del model, optimizer
-        _release_memory()
+            step += 1
+            loss_sum += loss.detach()
+            loss_n += 1
+            seen += len(labels)
+            if step % FINITE_CHECK_EVERY == 0 or (i + 1) in eval_at:
+                _check_finite(loss_sum, step)
+            if (i + 1) in eval_at:
+                train_time += time.perf_counter() - t0
+                metrics, _ = evaluate(model, task, prepared, "validation", batch_size, device, dtype)
+                last = {
+                    **{k: v for k, v in metrics.items() if k != "loss"},
+                    "val_loss": metrics["loss"],
+                    "train_loss": float(loss_sum) / max(1, loss_n),
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "step": step,
+                    "samples_per_s": seen / train_time if train_time > 0 else 0.0,
+                    "trainable_params": trainable,
+                    "total_params": total,
+                    "batch_size_used": batch_size,
+                    "torch_threads": torch.get_num_threads(),
+                    **_gpu_memory(device, gpu_at_start),
+                }
+                loss_sum.zero_()
+                loss_n = 0
+                if last[ctx.metric] > best:
+                    best = last[ctx.metric]
+                    last["best_" + ctx.metric] = best
+                    with tempfile.TemporaryDirectory(prefix="autotransfer-ckpt-") as tmp:
+                        save_file(trainable_state(model), str(Path(tmp) / WEIGHTS_FILE))
+                        (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "best": best}))
+                        report(last, tmp)
+                else:
+                    last["best_" + ctx.metric] = best
+                    report(last, None)
+                t0 = time.perf_counter()
+    return last
+
+
+def _gpu_memory_start(device: torch.device) -> Optional[int]:
+    """GPU bytes this process holds as the trial starts (0 unless an earlier trial leaked); resets the peak."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def _gpu_memory(device: torch.device, at_start: Optional[int]) -> dict[str, float]:
+    """Peak GPU memory of the trial so far (what sizing ``--gpus-per-trial`` fractions needs), in MiB."""
+    if device.type != "cuda" or at_start is None:
+        return {}
+    return {"gpu_memory_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+            "gpu_memory_at_start_mb": at_start / 2**20}
 
 
 def _check_finite(loss_sum: torch.Tensor, step: int) -> None:

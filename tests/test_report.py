@@ -114,3 +114,32 @@ def test_table_shows_nodes_and_lost_attempts_of_a_cluster_run():
     one_node = _record(2, "full", "/models/bert", 0.7)
     one_node.nodes = [a]
     assert "node" not in leaderboard_frame(rank([one_node, stayed]), "accuracy").columns
+
+
+def test_table_shows_peak_gpu_memory_only_for_gpu_runs():
+    gpu = _record(0, "full", "/models/bert", 0.9, lr=1e-4)
+    gpu.last_metrics = {"gpu_memory_peak_mb": 435.4, "accuracy": 0.9}
+    lora = _record(1, "lora", "/models/bert", 0.8, lr=1e-3)
+    lora.last_metrics = {"gpu_memory_peak_mb": 212.5}
+    df = leaderboard_frame(rank([gpu, lora]), "accuracy")
+    assert df["peak GPU memory (MiB)"].tolist() == [435, 212]
+    cpu = _record(2, "full", "/models/bert", 0.7)
+    assert "peak GPU memory (MiB)" not in leaderboard_frame(rank([cpu]), "accuracy").columns
+
+
+def test_trial_records_keep_the_gpu_memory_a_trial_reported():
+    from autotransfer.results import record_from_result
+
+    class Result:
+        config = {"backbone": "/models/bert", "strategy": "full", "lr": 1e-4}
+        metrics = {"accuracy": 0.9, "epoch": 1.0, "training_iteration": 2, "trial_id": "t1", "time_total_s": 3.0,
+                   "gpu_memory_peak_mb": 435.4, "gpu_memory_at_start_mb": 65.0, "batch_size_used": 16, "done": True}
+        metrics_dataframe = None
+        error = None
+        checkpoint = None
+        best_checkpoints = []
+        path = "/nowhere"
+
+    r = record_from_result(Result(), "accuracy", 2)
+    assert r.last_metrics["gpu_memory_peak_mb"] == 435.4
+    assert r.last_metrics["gpu_memory_at_start_mb"] == 65.0 and r.last_metrics["batch_size_used"] == 16

@@ -93,3 +93,71 @@ def test_diverging_loss_fails_the_trial_with_a_reason(ctx):
     config = {"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 1e12, "batch_size": 16}
     with pytest.raises(TrialFailed, match="NaN/inf"):
         train(config, one, lambda m, c: None)
+
+
+def _watch_models(monkeypatch):
+    """Record a weak reference to every model a trial builds."""
+    import weakref
+
+    import autotransfer.training as training
+
+    built = []
+    real = training.build_trial_model
+
+    def build(*args, **kwargs):
+        strategy, adapted = real(*args, **kwargs)
+        built.append(weakref.ref(adapted.model))
+        return strategy, adapted
+
+    monkeypatch.setattr(training, "build_trial_model", build)
+    return built
+
+
+def test_a_finished_trial_leaves_no_model_behind(ctx, monkeypatch):
+    """Ray Tune reuses the worker process for the next trial: a trial's model, optimizer state and
+    activations must be gone when it returns, also when it failed (the traceback keeps its frames)."""
+    import dataclasses
+
+    from autotransfer.training import TrialFailed
+
+    built = _watch_models(monkeypatch)
+    one = dataclasses.replace(ctx, max_epochs=1, evals_per_epoch=1)
+    bb = next(iter(ctx.backbones))
+    train({"backbone": bb, "strategy": "full", "lr": 1e-3, "batch_size": 16}, one, lambda m, c: None)
+    with pytest.raises(TrialFailed) as failed:
+        train({"backbone": bb, "strategy": "full", "lr": 1e12, "batch_size": 16},
+              dataclasses.replace(one, max_epochs=2), lambda m, c: None)
+    assert len(built) == 2
+    assert [ref() for ref in built] == [None, None]
+    assert failed.value is not None  # the error is still there to report
+
+
+def test_out_of_gpu_memory_retries_at_half_batch_after_freeing_the_first_attempt(ctx, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    import autotransfer.training as training
+
+    built = _watch_models(monkeypatch)
+    real_logits = type(training.get_task(ctx.task)).logits
+    batch_sizes = []
+
+    def logits(self, model, inputs):
+        n = next(iter(inputs.values())).shape[0]
+        batch_sizes.append(n)
+        if n > 8 and model.training:
+            alive = [ref() is not None for ref in built]
+            assert alive.count(True) == 1  # only this attempt's model
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if len(built) == 2:
+            assert built[0]() is None  # the failed attempt's model was freed before the retry
+        return real_logits(self, model, inputs)
+
+    monkeypatch.setattr(type(training.get_task(ctx.task)), "logits", logits)
+    one = dataclasses.replace(ctx, max_epochs=1, evals_per_epoch=1)
+    last = train({"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 1e-3, "batch_size": 16},
+                 one, lambda m, c: None)
+    assert last["batch_size_used"] == 8
+    assert len(built) == 2 and all(ref() is None for ref in built)
+    assert "gpu_memory_peak_mb" not in last  # GPU memory is reported only for GPU trials
