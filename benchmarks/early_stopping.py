@@ -62,6 +62,9 @@ def main() -> None:
             "preparation": result.stats.get("preparation"),
             "first_result_s": result.stats.get("first_result_s"),
             "configs": sorted(json.dumps(r.config, sort_keys=True) for r in result.records),
+            # each trial's validation curve, so other ASHA settings can be compared against FIFO's curves offline
+            "curves": sorted(({"config": r.config, "status": r.status, "history": r.history}
+                              for r in result.records), key=lambda c: json.dumps(c["config"], sort_keys=True)),
         }
         print(f"{scheduler}: best val {result.best.best_metric:.4f}, {runs[scheduler]['trial_epochs']:.1f} "
               f"trial-epochs, {runs[scheduler]['wall_s']:.0f}s", flush=True)
@@ -74,8 +77,9 @@ def main() -> None:
                   "evals_per_epoch": args.evals_per_epoch,
                   "sampler": "random (seeded): both searches run the same configurations"},
         "same_configurations": a["configs"] == f["configs"],
-        "asha": {k: v for k, v in a.items() if k != "configs"},
-        "fifo": {k: v for k, v in f.items() if k != "configs"},
+        "asha": {k: v for k, v in a.items() if k not in ("configs", "curves")},
+        "fifo": {k: v for k, v in f.items() if k not in ("configs", "curves")},
+        "curves": {"asha": a["curves"], "fifo": f["curves"]},
         "ratios": {
             "trial_epochs_asha_over_fifo": a["trial_epochs"] / f["trial_epochs"],
             "trial_seconds_asha_over_fifo": a["trial_seconds"] / f["trial_seconds"],
