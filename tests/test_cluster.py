@@ -117,8 +117,10 @@ def _search(cluster: LocalCluster, data: Path, space: Path, storage: Path, run_n
 def test_search_on_a_two_node_cluster_spreads_trials_and_writes_to_storage(ray_cluster, sentiment_dir, tiny_space,
                                                                              tmp_path):
     storage = tmp_path / "shared-storage"
+    # trials long enough (a few seconds) that the worker node's trial process is up before the head's
+    # process, reused by Ray Tune for the next trial, has run them all (it did at 2 epochs: 0.6 s a trial)
     done = _search(ray_cluster, sentiment_dir, tiny_space, storage, "on-cluster", "--num-samples", "4",
-                   "--max-epochs", "2", "--scheduler", "fifo")
+                   "--max-epochs", "12", "--scheduler", "fifo")
     assert done.returncode == 0, done.stderr[-4000:]
     # the start says where it runs: the cluster's nodes and resources, its dashboard, the model folders' case
     assert f"Ray cluster at {ray_cluster.address}: 2 node(s), 2 CPUs" in done.stderr
