@@ -132,10 +132,10 @@ def concurrency(settings: SearchSettings, cluster: Cluster) -> int:
         raise UserError(f"no single node has {settings.cpus_per_trial:g} CPUs"
                         + (f" and {settings.gpus_per_trial:g} GPUs" if settings.gpus_per_trial else "")
                         + " free for one trial (a trial runs on one node); lower --cpus-per-trial/--gpus-per-trial")
-    if settings.max_concurrent is not None and settings.max_concurrent > max(1, fit):
-        raise UserError(f"--max-concurrent {settings.max_concurrent} but the cluster holds {max(1, fit)} trial(s) "
+    if settings.max_concurrent is not None and settings.max_concurrent > fit:
+        raise UserError(f"--max-concurrent {settings.max_concurrent} but the cluster holds {fit} trial(s) "
                         f"at once ({cluster.cpus:g} CPUs / {settings.cpus_per_trial:g} per trial); lower it")
-    fit = max(1, min(fit, settings.num_samples))
+    fit = min(fit, settings.num_samples)
     if settings.max_concurrent is not None:
         return min(fit, settings.max_concurrent)
     return fit

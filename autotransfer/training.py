@@ -190,7 +190,7 @@ def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
             _release_memory(exc)
             raise TrialFailed(f"out of GPU memory at batch size {batch_size} and again at {batch_size // 2}") from None
     except BaseException as exc:
-        _release_memory(exc)
+        traceback.clear_frames(exc.__traceback__)  # the failed frames' tensors go with the `finally` below
         raise
     finally:
         _release_memory()

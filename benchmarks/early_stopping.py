@@ -61,7 +61,6 @@ def main() -> None:
             "trials": len(result.records),
             "preparation": result.stats.get("preparation"),
             "first_result_s": result.stats.get("first_result_s"),
-            "configs": sorted(json.dumps(r.config, sort_keys=True) for r in result.records),
             # each trial's validation curve, so other ASHA settings can be compared against FIFO's curves offline
             "curves": sorted(({"config": r.config, "status": r.status, "history": r.history}
                               for r in result.records), key=lambda c: json.dumps(c["config"], sort_keys=True)),
@@ -76,9 +75,9 @@ def main() -> None:
                   "grace_period_epochs": args.grace_period, "reduction_factor": args.reduction_factor,
                   "evals_per_epoch": args.evals_per_epoch,
                   "sampler": "random (seeded): both searches run the same configurations"},
-        "same_configurations": a["configs"] == f["configs"],
-        "asha": {k: v for k, v in a.items() if k not in ("configs", "curves")},
-        "fifo": {k: v for k, v in f.items() if k not in ("configs", "curves")},
+        "same_configurations": [c["config"] for c in a["curves"]] == [c["config"] for c in f["curves"]],
+        "asha": {k: v for k, v in a.items() if k != "curves"},
+        "fifo": {k: v for k, v in f.items() if k != "curves"},
         "curves": {"asha": a["curves"], "fifo": f["curves"]},
         "ratios": {
             "trial_epochs_asha_over_fifo": a["trial_epochs"] / f["trial_epochs"],

@@ -110,9 +110,8 @@ def memory_baseline(text_data: Path, text_model: str) -> dict:
               ("full fine-tuning, out of memory", {"strategy": "full", "lr": 5e-5, "batch_size": 32}, 150 * MIB)]
     for label, config, cap in trials:
         peak = {}
-        total = torch.cuda.get_device_properties(0).total_memory
         if cap:
-            torch.cuda.set_per_process_memory_fraction(cap / total)
+            torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(0).total_memory)
         error = None
         try:
             last = train({"backbone": bb, **config}, ctx, lambda m, c: None)
@@ -127,6 +126,7 @@ def memory_baseline(text_data: Path, text_model: str) -> dict:
                      "reserved_mib": torch.cuda.memory_reserved() / MIB, "gpu_used_mib": gpu_used_mib(),
                      **peak, **({"trial_error": error} if error else {})})
         print(f"  {rows[-1]}", flush=True)
+    after = rows[1:]
     # what stays is constant from the first trial on: check whether it is cuBLAS's per-thread workspaces
     # (kept by torch for the process's next matrix products, not by autotransfer)
     clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
@@ -137,8 +137,6 @@ def memory_baseline(text_data: Path, text_model: str) -> dict:
                      "reserved_mib": torch.cuda.memory_reserved() / MIB, "gpu_used_mib": gpu_used_mib()})
         print(f"  {rows[-1]}", flush=True)
     base = rows[0]
-    after = [r for r in rows[1:] if r["when"].startswith("after ") and "cuBLAS" not in r["when"]
-             and "Cublas" not in r["when"]]
     return {"rows": rows,
             "allocated_above_baseline_after_each_trial_mib": [r["allocated_mib"] - base["allocated_mib"]
                                                               for r in after],
