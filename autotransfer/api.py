@@ -12,6 +12,7 @@ tested -> results and report written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -187,7 +188,7 @@ class _Search:
         from autotransfer.export import export_best
         from autotransfer.live import LiveLeaderboard
         from autotransfer.report import write_report
-        from autotransfer.runner import concurrency, run_tune, start_ray
+        from autotransfer.runner import concurrency, run_tune, saved_trial_statuses, start_ray
         from autotransfer.training import TrialContext
 
         s = self.s
@@ -235,7 +236,8 @@ class _Search:
                        "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed},
         }
         live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console,
-                               on_trial_end=ReportWriter(out, s.metric, meta, time.time()))
+                               on_trial_end=ReportWriter(out, s.metric, meta, time.time()),
+                               saved_statuses=functools.partial(saved_trial_statuses, f"{s.tune_storage}/tune"))
         live.start()
         try:
             grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, max_concurrent, [live])

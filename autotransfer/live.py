@@ -25,8 +25,12 @@ from autotransfer.results import FAILED, NODE_ID, RUNNING, TRIAL_ERROR, TrialRec
 class LiveLeaderboard(Callback):
     """Tracks every trial's best validation metric and shows the ranking."""
 
+    #: how often (seconds) Ray Tune's saved state is read while a finished trial waits to be saved
+    check_every_s = 0.25
+
     def __init__(self, metric: str, max_iterations: int, num_samples: int, console: Optional[Console] = None,
-                 on_trial_end: Optional[Callable[["LiveLeaderboard"], None]] = None, rows: int = 15):
+                 on_trial_end: Optional[Callable[["LiveLeaderboard"], None]] = None, rows: int = 15,
+                 saved_statuses: Optional[Callable[[], Optional[dict[str, str]]]] = None):
         self.metric, self.max_iterations, self.num_samples = metric, max_iterations, num_samples
         self.console = console or Console(stderr=True)
         self.rows = rows
@@ -43,6 +47,11 @@ class LiveLeaderboard(Callback):
         self.decided: set[str] = set()
         #: attempts lost to a dead worker/node and retried by Ray Tune: trial id -> [{"error", "node", "epoch"}]
         self.lost_attempts: dict[str, list[dict[str, Any]]] = {}
+        #: Ray Tune's saved trial statuses (what a resume would start from); None: do not wait for them
+        self.saved_statuses = saved_statuses
+        #: finished trials not yet in Ray's saved state: shown at once, but on_trial_end waits for them
+        self.unsaved: set[str] = set()
+        self._last_check = 0.0
 
     # Ray pickles the run config (callbacks included) for Tuner.restore: drop the terminal handles
     def __getstate__(self) -> dict[str, Any]:
@@ -132,6 +141,31 @@ class LiveLeaderboard(Callback):
                                f"{e['status']}{extra}, best {self.metric} {best}; leader {lead}",
                                highlight=False, markup=False, soft_wrap=True)
         self._refresh()
+        if self.saved_statuses is None:
+            self._ended()
+        else:
+            self.unsaved.add(e["id"])
+            self._last_check = 0.0
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Pass finished trials on once Ray Tune has saved them as finished (it does so every second).
+
+        Until then a crash would make a resume run them again, so ``results.json`` must not
+        call them finished yet.
+        """
+        if not self.unsaved or time.monotonic() - self._last_check < self.check_every_s:
+            return
+        self._last_check = time.monotonic()
+        statuses = self.saved_statuses() if self.saved_statuses is not None else None
+        before = len(self.unsaved)
+        if statuses is None:
+            self.unsaved.clear()  # no saved state to wait for
+        else:
+            self.unsaved = {t for t in self.unsaved if statuses.get(t) not in ("TERMINATED", "ERROR")}
+        if len(self.unsaved) < before:
+            self._ended()
+
+    def _ended(self) -> None:
         if self.on_trial_end is not None:
             self.on_trial_end(self)
 
@@ -153,16 +187,20 @@ class LiveLeaderboard(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.unfinished = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+        self.unsaved.clear()  # Ray saves its state as the experiment ends; the driver writes the results next
 
     def records(self) -> list[TrialRecord]:
-        """Interim trial records (for the report rewritten while the search runs)."""
+        """Interim trial records (for the report rewritten while the search runs).
+
+        A trial Ray Tune has not yet saved as finished is still running here: a resume would run it on.
+        """
         out = []
         for e in self.trials.values():
             last = e["last"]
             best = max(e["history"], key=lambda ev: ev[1]) if e["history"] else None
             out.append(TrialRecord(
                 trial_id=e["id"], backbone=e["backbone_full"], strategy=e["strategy"], params=e["params"],
-                status=e["status"], iterations=e["iterations"], epochs=e["epoch"],
+                status=RUNNING if e["id"] in self.unsaved else e["status"], iterations=e["iterations"], epochs=e["epoch"],
                 best_metric=best[1] if best else None, best_epoch=best[0] if best else None,
                 wall_time_s=float(last.get("time_total_s", 0.0)), trainable_params=last.get("trainable_params"),
                 total_params=last.get("total_params"), error=e["error"], history=list(e["history"]),

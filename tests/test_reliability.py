@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -13,10 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 import autotransfer
 from autotransfer.api import SearchFailed
-from autotransfer.results import COMPLETED, FAILED, STOPPED
+from autotransfer.live import LiveLeaderboard
+from autotransfer.results import COMPLETED, FAILED, RUNNING, STOPPED
+from autotransfer.runner import saved_trial_statuses
 from autotransfer.tasks import get_task
 from autotransfer.training import TrialFailed, train
 
@@ -139,6 +143,45 @@ def test_sigkill_then_resume_keeps_finished_trials_and_runs_each_trial_once(sent
         for key in ("status", "best_metric", "iterations", "params", "history"):
             assert after[trial_id][key] == t[key], (trial_id, key)
     assert (run / "best" / "model.safetensors").exists()
+    # what results.json waits for, read from the state Ray Tune saved (its layout is this Ray version's)
+    assert saved_trial_statuses(str(run / "tune")) == {i: "TERMINATED" for i in ids}
+
+
+class _Trial:
+    def __init__(self, trial_id: str, iterations: int):
+        self.trial_id, self.config = trial_id, {"backbone": "m", "strategy": "full"}
+        self.last_result = {"training_iteration": iterations, "epoch": 1.0}
+
+
+def test_results_call_a_trial_finished_only_once_ray_has_saved_it_so():
+    # a trial that finished a moment before a crash is still "running" in Ray's saved state, and a resume
+    # runs it on: results.json must not have called it finished
+    saved: dict[str, str] = {"a": "RUNNING", "b": "RUNNING"}
+    written = []
+    live = LiveLeaderboard("accuracy", max_iterations=2, num_samples=2, console=Console(file=io.StringIO()),
+                           on_trial_end=lambda lv: written.append({r.trial_id: r.status for r in lv.records()}),
+                           saved_statuses=lambda: dict(saved))
+    live.check_every_s = 0.0
+    for tid in ("a", "b"):
+        live.on_trial_result(0, [], _Trial(tid, 1), {"accuracy": 0.5, "epoch": 1.0, "training_iteration": 1})
+    live.on_trial_complete(0, [], _Trial("a", 2))
+    live.on_step_end(0, [])
+    assert written == [] and {r.status for r in live.records()} == {RUNNING}
+    saved["a"] = "TERMINATED"
+    live.on_step_end(1, [])
+    assert written == [{"a": COMPLETED, "b": RUNNING}]
+    live.on_trial_complete(0, [], _Trial("b", 1))
+    live.on_step_end(2, [])
+    assert len(written) == 1
+    saved["b"] = "TERMINATED"
+    live.on_step_end(3, [])
+    assert written[-1] == {"a": COMPLETED, "b": STOPPED}
+    # no saved state to read (e.g. a layout this code does not know): finished trials are passed on at once
+    unknown = LiveLeaderboard("accuracy", 2, 1, console=Console(file=io.StringIO()),
+                              on_trial_end=lambda lv: written.append("c"), saved_statuses=lambda: None)
+    unknown.on_trial_complete(0, [], _Trial("c", 2))
+    unknown.on_step_end(0, [])
+    assert written[-1] == "c"
 
 
 @pytest.mark.e2e
