@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,24 +123,62 @@ def settings_for_resume(run_dir: Path) -> SearchSettings:
 
 @dataclass
 class ReportWriter:
-    """Rewrites results.json and the page as trials finish (picklable: Ray stores it for restore)."""
+    """Rewrites results.json and the page as trials finish (picklable: Ray stores it for restore).
+
+    ``results.json`` is written at once; the page (plotly, the slow part) is drawn on a
+    background thread so Ray Tune's loop does not wait for it, latest state first: a page
+    asked for while one is being drawn replaces any older request.  :meth:`close` waits.
+    """
 
     out: Path
     metric: str
     meta: dict[str, Any]
     started: float
+    _queued: Optional[tuple[list[TrialRecord], dict[str, Any]]] = field(default=None, init=False, repr=False)
+    _drawer: Optional[threading.Thread] = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"out": self.out, "metric": self.metric, "meta": self.meta, "started": self.started}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
 
     def __call__(self, live: Any) -> None:
-        from autotransfer.report import write_report
-
         try:
             interim = live.records()
             partial = {**self.meta, "live": True, "wall_time_s": time.time() - self.started,
                        "trial_hours": sum(r.wall_time_s for r in interim) / 3600}
             save_results(self.out, interim, self.metric, partial)
-            write_report(self.out, interim, partial)
         except Exception as exc:  # a report glitch must never stop the search
-            print(f"(could not refresh the report: {exc})", file=sys.stderr)
+            print(f"(could not refresh the results: {exc})", file=sys.stderr)
+            return
+        with self._lock:
+            self._queued = (interim, partial)
+            if self._drawer is None:
+                self._drawer = threading.Thread(target=self._draw, name="autotransfer-report", daemon=True)
+                self._drawer.start()
+
+    def _draw(self) -> None:
+        from autotransfer.report import write_report
+
+        while True:
+            with self._lock:
+                job, self._queued = self._queued, None
+                if job is None:
+                    self._drawer = None
+                    return
+            try:
+                write_report(self.out, *job)
+            except Exception as exc:  # noqa: BLE001 - a report glitch must never stop the search
+                print(f"(could not refresh the report: {exc})", file=sys.stderr)
+
+    def close(self) -> None:
+        """Wait for the page being drawn (the final one is written next, by the driver)."""
+        with self._lock:
+            drawer = self._drawer
+        if drawer is not None:
+            drawer.join()
 
 
 class _Search:
@@ -235,14 +274,16 @@ class _Search:
                        "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
                        "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed},
         }
+        writer = ReportWriter(out, s.metric, meta, time.time())
         live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console,
-                               on_trial_end=ReportWriter(out, s.metric, meta, time.time()),
+                               on_trial_end=writer,
                                saved_statuses=functools.partial(saved_trial_statuses, f"{s.tune_storage}/tune"))
         live.start()
         try:
             grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, max_concurrent, [live])
         finally:
             live.stop()
+            writer.close()
         records = [record_from_result(r, s.metric, s.max_iterations) for r in grid]
         for r in records:
             r.lost_attempts = list(live.lost_attempts.get(r.trial_id, []))

@@ -143,3 +143,40 @@ def test_trial_records_keep_the_gpu_memory_a_trial_reported():
     r = record_from_result(Result(), "accuracy", 2)
     assert r.last_metrics["gpu_memory_peak_mb"] == 435.4
     assert r.last_metrics["gpu_memory_at_start_mb"] == 65.0 and r.last_metrics["batch_size_used"] == 16
+
+
+def test_the_live_report_writes_results_at_once_and_draws_the_latest_page_off_the_loop(tmp_path, monkeypatch):
+    import pickle
+    import threading
+
+    import autotransfer.report
+    from autotransfer.api import ReportWriter
+
+    drawing, release, drawn = threading.Event(), threading.Event(), []
+
+    def slow_page(out, records, meta):  # stands in for plotly: blocks until released
+        drawn.append([r.trial_id for r in records])
+        drawing.set()
+        release.wait(30)
+
+    monkeypatch.setattr(autotransfer.report, "write_report", slow_page)
+
+    class Live:
+        def __init__(self, n):
+            self.n = n
+
+        def records(self):
+            return rank([_record(i, "full", "/models/bert", 0.8 + i / 100) for i in range(self.n)])
+
+    writer = ReportWriter(tmp_path, "accuracy", {"run_name": "demo"}, 0.0)
+    writer(Live(1))
+    assert drawing.wait(30)  # the first page is being drawn, and Ray Tune's loop is not held by it:
+    writer(Live(2))
+    writer(Live(3))
+    assert len(load_results(tmp_path)[0]) == 3  # results.json is current without waiting for the page
+    release.set()
+    writer.close()
+    assert drawn == [["t0"], ["t2", "t1", "t0"]]  # the stale middle request was skipped, the latest drawn
+    # Ray pickles it with the run config for Tuner.restore
+    copy = pickle.loads(pickle.dumps(writer))
+    assert (copy.out, copy.metric, copy.meta) == (tmp_path, "accuracy", {"run_name": "demo"})
