@@ -200,7 +200,8 @@ class LiveLeaderboard(Callback):
             best = max(e["history"], key=lambda ev: ev[1]) if e["history"] else None
             out.append(TrialRecord(
                 trial_id=e["id"], backbone=e["backbone_full"], strategy=e["strategy"], params=e["params"],
-                status=RUNNING if e["id"] in self.unsaved else e["status"], iterations=e["iterations"], epochs=e["epoch"],
+                status=RUNNING if e["id"] in self.unsaved else e["status"],
+                iterations=e["iterations"], epochs=e["epoch"],
                 best_metric=best[1] if best else None, best_epoch=best[0] if best else None,
                 wall_time_s=float(last.get("time_total_s", 0.0)), trainable_params=last.get("trainable_params"),
                 total_params=last.get("total_params"), error=e["error"], history=list(e["history"]),

@@ -184,10 +184,10 @@ def saved_trial_statuses(tune_location: str) -> Optional[dict[str, str]]:
 
     import pyarrow.fs
 
-    from autotransfer.storage import _open
+    from autotransfer.storage import open_location
 
     try:
-        fs, root = _open(tune_location)
+        fs, root = open_location(tune_location)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
         states = sorted(i.path for i in infos
                         if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))

@@ -103,7 +103,7 @@ def local_copy(location: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _open(location: str) -> tuple[Any, str]:
+def open_location(location: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path in it) for a URI or a plain local path."""
     if is_uri(location):
         return filesystem(location)
@@ -117,7 +117,7 @@ def folder_bytes(location: str) -> Optional[int]:
     import pyarrow.fs
 
     try:
-        fs, path = _open(location)
+        fs, path = open_location(location)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
         return sum(i.size or 0 for i in infos if i.type == pyarrow.fs.FileType.File)
     except Exception:  # noqa: BLE001 - a size is informative only
@@ -128,8 +128,8 @@ def prune_checkpoints(tune_location: str, keep: Optional[str]) -> None:
     """Delete every trial checkpoint under ``tune_location`` but ``keep`` (bounded disk use)."""
     import pyarrow.fs
 
-    fs, root = _open(tune_location)
-    keep_path = _open(keep)[1].rstrip("/") if keep else None
+    fs, root = open_location(tune_location)
+    keep_path = open_location(keep)[1].rstrip("/") if keep else None
     for trial in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
         if trial.type != pyarrow.fs.FileType.Directory:
             continue
