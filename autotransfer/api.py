@@ -28,14 +28,14 @@ from rich.console import Console
 
 from autotransfer.errors import UserError
 from autotransfer.results import FAILED, INTERRUPTED, STOPPED, TrialRecord, environment, rank, record_from_result, save_results
-from autotransfer.settings import SearchSettings
+from autotransfer.settings import TUNE_DIR, SearchSettings
 from autotransfer.shipping import plan_folders
 from autotransfer.storage import check_target, prune_checkpoints, upload_run
 from autotransfer.space import SearchSpace, load_space
 from autotransfer.tasks import BackboneInfo, get_task
 
 #: files that mark a folder as holding a run
-RUN_MARKERS = ("settings.json", "results.json", "tune")
+RUN_MARKERS = ("settings.json", "results.json", TUNE_DIR)
 
 
 class SearchFailed(RuntimeError):
@@ -114,7 +114,7 @@ def settings_for_resume(run_dir: Path) -> SearchSettings:
     """The settings of the run in ``run_dir``, marked to resume."""
     run_dir = Path(run_dir).expanduser().resolve()
     saved = run_dir / "settings.json"
-    if not saved.is_file() or not (run_dir / "tune").is_dir():
+    if not saved.is_file() or not (run_dir / TUNE_DIR).is_dir():
         raise UserError(f"{run_dir}: no interrupted run here to resume (expected settings.json and tune/)")
     data = json.loads(saved.read_text())
     data.update(output=str(run_dir), resume=True, overwrite=False)
@@ -277,7 +277,7 @@ class _Search:
         writer = ReportWriter(out, s.metric, meta, time.time())
         live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console,
                                on_trial_end=writer,
-                               saved_statuses=functools.partial(saved_trial_statuses, f"{s.tune_storage}/tune"))
+                               saved_statuses=functools.partial(saved_trial_statuses, s.tune_experiment))
         live.start()
         try:
             grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, max_concurrent, [live])
@@ -321,7 +321,7 @@ class _Search:
         meta["wall_time_s"] = time.perf_counter() - t_start
         (out / "test_metrics.json").write_text(json.dumps(tested["test_metrics"], indent=2))
         if not s.keep_checkpoints:
-            prune_checkpoints(f"{s.tune_storage}/tune", keep=best.checkpoint)
+            prune_checkpoints(s.tune_experiment, keep=best.checkpoint)
         save_results(out, records, s.metric, meta)
         report = write_report(out, records, meta)
         uploaded = upload_run(s)

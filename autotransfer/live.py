@@ -156,7 +156,7 @@ class LiveLeaderboard(Callback):
         if not self.unsaved or time.monotonic() - self._last_check < self.check_every_s:
             return
         self._last_check = time.monotonic()
-        statuses = self.saved_statuses() if self.saved_statuses is not None else None
+        statuses = self.saved_statuses()  # type: ignore[misc]  # set: only then are trials held in unsaved
         before = len(self.unsaved)
         if statuses is None:
             self.unsaved.clear()  # no saved state to wait for

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 from autotransfer.errors import UserError
 from autotransfer.results import short_node
-from autotransfer.settings import SearchSettings, local_cpu_count
+from autotransfer.settings import TUNE_DIR, SearchSettings, local_cpu_count
 from autotransfer.space import SearchSpace
 from autotransfer.training import TrialContext, run_trial
 
@@ -231,7 +231,7 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     if settings.resume:
-        tuner = tune.Tuner.restore(f"{settings.tune_storage}/tune", trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(settings.tune_experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
         # Ray restores the callbacks pickled with the run; this process's live view replaces them
         tuner._local_tuner.get_run_config().callbacks = callbacks
@@ -244,7 +244,7 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
             time_budget_s=settings.time_budget_s, reuse_actors=True, trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name="tune",
+            name=TUNE_DIR,
             storage_path=settings.tune_storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
                                                     checkpoint_score_order=MODE),

@@ -24,6 +24,8 @@ SAMPLERS = ("tpe", "random", "gp", "qmc")
 SCHEDULERS = ("asha", "fifo")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TASKS = ("text-cls", "image-cls")
+#: Ray Tune's experiment folder inside a run (its trial state and checkpoints; what a resume restores)
+TUNE_DIR = "tune"
 
 _SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -194,6 +196,11 @@ class SearchSettings:
         if self.storage_is_uri:
             return f"{self.storage}/{self.run_name}"
         return str(self.output)
+
+    @property
+    def tune_experiment(self) -> str:
+        """Ray Tune's experiment folder: ``<tune_storage>/tune`` (trial state, checkpoints)."""
+        return f"{self.tune_storage}/{TUNE_DIR}"
 
     @property
     def max_iterations(self) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from autotransfer.errors import UserError
-from autotransfer.settings import SearchSettings, is_uri
+from autotransfer.settings import TUNE_DIR, SearchSettings, is_uri
 
 #: what the driver writes into a run folder besides Ray Tune's ``tune/``
 RUN_FILES = ("settings.json", "results.json", "results.csv", "leaderboard.html", "test_metrics.json", "best")
@@ -48,7 +48,7 @@ def check_target(settings: SearchSettings) -> None:
     try:
         info = fs.get_file_info(root)
         taken = info.type != pyarrow.fs.FileType.NotFound and any(
-            fs.get_file_info(f"{root}/{name}").type != pyarrow.fs.FileType.NotFound for name in ("tune", "results.json"))
+            fs.get_file_info(f"{root}/{name}").type != pyarrow.fs.FileType.NotFound for name in (TUNE_DIR, "results.json"))
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"--storage {settings.storage}: cannot read it ({str(exc).splitlines()[0]})") from None
     if taken and not settings.overwrite:
