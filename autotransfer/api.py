@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from rich.console import Console
 
+from autotransfer.budget import derive_budget
 from autotransfer.errors import UserError
 from autotransfer.results import FAILED, INTERRUPTED, STOPPED, TrialRecord, environment, rank, record_from_result, save_results
 from autotransfer.settings import TUNE_DIR, SearchSettings
@@ -182,6 +183,34 @@ class ReportWriter:
 
 
 class _Search:
+    def _uncertainty(self, records: list[TrialRecord], best: TrialRecord, ctx: Any) -> None:
+        """95% intervals and ties with the best trial, from the validation predictions in each checkpoint."""
+        import numpy as np
+
+        from autotransfer.metrics import metric_function
+        from autotransfer.storage import local_copy
+        from autotransfer.training import PREDICTIONS_FILE
+        from autotransfer.uncertainty import intervals
+
+        predictions = {}
+        for r in records:
+            if not (r.ok and r.checkpoint):
+                continue
+            try:
+                with local_copy(r.checkpoint) as folder:
+                    predictions[r.trial_id] = np.load(Path(folder) / PREDICTIONS_FILE)
+            except (OSError, ValueError):  # a checkpoint from before predictions were kept
+                continue
+        y_true = self.task.labels(ctx.prepared[best.backbone], "validation")
+        for trial_id, found in intervals(y_true, predictions, best.trial_id, metric_function(self.s.metric),
+                                         seed=self.s.seed).items():
+            r = next(r for r in records if r.trial_id == trial_id)
+            r.interval, r.tied_with_best = found["interval"], found["tied"]
+        tied = sum(1 for r in records if r.tied_with_best and r is not best)
+        if tied:
+            self.log(f"{tied} other trial(s) are statistically tied with the best on the validation set "
+                     f"({len(y_true)} examples; 95% paired bootstrap): see the report's 'tied' column")
+
     def __init__(self, settings: SearchSettings, console: Console):
         self.s, self.console = settings, console
         self.task = get_task(settings.task)
@@ -239,6 +268,17 @@ class _Search:
         prepared, prep = self.task.prepare(list(backbones.values()), splits, s)
         self.log(f"prepared {len(backbones)} backbone(s) with {prep.distinct} distinct preprocessing(s) "
                  f"in {prep.seconds:.1f}s")
+        first = next(iter(prepared.values()))
+        budget = derive_budget(self.task.num_examples(first, "train"), space.max_batch_size(), s.max_epochs,
+                               s.evals_per_epoch, s.grace_iterations, s.min_steps)
+        self.log(budget.describe())
+        recipes = space.recipe_points(self.task.recipes()) if s.baseline else []
+        if recipes:
+            names = sorted({r.name for r in recipes})
+            self.log(f"baseline: {len(recipes)} protected recipe trial(s) first ({'; '.join(names)}), "
+                     f"never stopped early" + ("" if len(recipes) <= s.num_samples else
+                                               f"; only the first {s.num_samples} fit --num-samples")
+                     + " (--no-baseline to skip)")
 
         cluster = start_ray(s)
         hint = cluster.dashboard_hint()
@@ -262,7 +302,8 @@ class _Search:
         ctx = TrialContext(task=s.task, backbones=backbones, prepared=prepared, label_names=splits.label_names,
                            metric=s.metric, max_epochs=s.max_epochs, evals_per_epoch=s.evals_per_epoch,
                            precision=s.precision, threads=s.torch_threads, seed=s.seed,
-                           use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code, shipped=shipped)
+                           use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code, shipped=shipped,
+                           budget=budget)
         meta: dict[str, Any] = {
             "run_name": s.run_name, "task": s.task, "metric": s.metric, "command": s.command,
             "data": summary, "space": space.to_dict(), "dashboard": cluster.dashboard_url,
@@ -272,7 +313,9 @@ class _Search:
             "preparation": prep.to_dict(), "environment": environment(),
             "engine": {"sampler": s.sampler, "scheduler": s.scheduler, "max_epochs": s.max_epochs,
                        "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
-                       "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed},
+                       "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed,
+                       "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes})},
+            "budget": budget.to_dict(),
         }
         writer = ReportWriter(out, s.metric, meta, time.time())
         live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console,
@@ -280,7 +323,8 @@ class _Search:
                                saved_statuses=functools.partial(saved_trial_statuses, s.tune_experiment))
         live.start()
         try:
-            grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, max_concurrent, [live])
+            grid = run_tune(s, space, ctx, {n: b.num_layers for n, b in backbones.items()}, max_concurrent, [live],
+                            recipes)
         finally:
             live.stop()
             writer.close()
@@ -313,6 +357,7 @@ class _Search:
             reasons = sorted({r.error or "no result" for r in records})
             raise SearchFailed(f"every trial failed ({len(records)}); first reason: {reasons[0]}")
 
+        self._uncertainty(records, best, ctx)
         best_dir = out / "best"
         self.log(f"exporting trial {best.trial_id} ({best.backbone}, {best.strategy}) to {best_dir}")
         tested = export_best(best, ctx, best_dir)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from autotransfer.budget import DEFAULT_MIN_STEPS
 from autotransfer.errors import UserError
 from autotransfer.settings import METRICS, PRECISIONS, SAMPLERS, SCHEDULERS, TASKS
 
@@ -57,7 +58,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--text-pair-col", help="second text column for sentence pairs")
     d.add_argument("--image-col", help="image-cls CSV: column of image paths (default: detected: path, image, ...)")
     d.add_argument("--label-col", help="label column (default: detected: label, category, ...)")
-    d.add_argument("--val-frac", type=float, default=0.1, help="validation share when no validation file")
+    d.add_argument("--val-frac", type=float,
+                   help="validation share when no validation file (default: 10%%, up to 25%% of small data so that "
+                        "validation holds 300 examples)")
     d.add_argument("--test-frac", type=float, default=0.1, help="test share when no test file")
     d.add_argument("--max-length", type=int, help="token limit (default: 99th percentile of the data)")
     e = p.add_argument_group("search engine")
@@ -70,12 +73,19 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
                    help="asha stops weak trials early (default); fifo runs every trial to the end")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--max-epochs", type=int, default=3)
+    e.add_argument("--max-epochs", type=int, default=3,
+                   help="epochs of a full trial, or more on small data (see --min-steps)")
+    e.add_argument("--min-steps", type=int, default=DEFAULT_MIN_STEPS,
+                   help=f"a full trial trains at least this many optimizer steps at the largest batch size; "
+                        f"evaluation rounds are stretched to fit (default {DEFAULT_MIN_STEPS}; 0: off)")
     e.add_argument("--evals-per-epoch", type=int, default=2, help="validation rounds per epoch (ASHA rungs)")
     e.add_argument("--grace-period", type=float, default=1.0, help="epochs before ASHA may stop a trial")
     e.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA keeps 1/N of trials per rung")
     e.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="don't start with one trial per strategy; let the sampler pick from the first trial")
+    e.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="don't run the task's standard recipes (text: full fine-tuning at lr 2e-5) as protected "
+                        "first trials, one per backbone")
     e.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = bf16/fp16 autocast on GPU, fp32 on CPU")
     o = p.add_argument_group("cluster and output")
@@ -160,7 +170,8 @@ def _report_result(result: Any) -> int:
     metric = json.loads((result.output / "settings.json").read_text()).get("metric", "accuracy")
     best = result.best
     assert best is not None
-    print(f"\nbest: {best.backbone} / {best.strategy}  validation {metric} {best.best_metric:.4f}  "
+    interval = f" (95% interval {best.interval[0]:.3f} to {best.interval[1]:.3f})" if best.interval else ""
+    print(f"\nbest: {best.backbone} / {best.strategy}  validation {metric} {best.best_metric:.4f}{interval}  "
           f"test {metric} {result.test_metrics[metric]:.4f}")
     print(f"config: {best.config}")
     print(f"model:  {result.best_dir}")

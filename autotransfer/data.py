@@ -16,6 +16,24 @@ from sklearn.model_selection import train_test_split
 from autotransfer.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+#: without --val-frac, a carved validation split holds at least this many examples...
+MIN_VALIDATION_ROWS = 300
+#: ...but never more than this share of the data (nor less than DEFAULT_VAL_FRAC)
+MAX_AUTO_VAL_FRAC = 0.25
+DEFAULT_VAL_FRAC = 0.1
+
+
+def auto_val_frac(total: int) -> float:
+    """The validation share carved from ``total`` rows when the user gave none.
+
+    A model is chosen on its validation score, so the split must be large enough to tell
+    trials apart: 300 examples put the 95% interval of an 80% accuracy at about +-4.5
+    points (120 examples: +-7).  Small data sets therefore give up to a quarter of their rows
+    to validation instead of a tenth; from 3,000 rows on the usual tenth already holds 300.
+    """
+    if total <= 0:
+        return DEFAULT_VAL_FRAC
+    return min(MAX_AUTO_VAL_FRAC, max(DEFAULT_VAL_FRAC, MIN_VALIDATION_ROWS / total))
 
 
 @dataclass
@@ -110,11 +128,16 @@ def _label_sort_key(value: str) -> tuple[int, Any]:
 
 
 def split_missing(
-    splits: dict[str, Split], val_frac: float, test_frac: float, seed: int, where: str
+    splits: dict[str, Split], val_frac: Optional[float], test_frac: float, seed: int, where: str
 ) -> dict[str, Split]:
-    """Carve missing validation/test splits out of train with a seeded stratified split."""
+    """Carve missing validation/test splits out of train with a seeded stratified split.
+
+    ``val_frac`` None: :func:`auto_val_frac` of the rows.
+    """
     out = dict(splits)
     total = len(out["train"])  # fractions are of the whole file, not of what is left
+    if val_frac is None:
+        val_frac = auto_val_frac(total)
     for name, frac in (("test", test_frac), ("validation", val_frac)):
         if name in out:
             continue

@@ -82,7 +82,7 @@ def _warn_skipped(files: list[str], why: str) -> None:
 
 
 def load_image_splits(data: Path, *, label_col: Optional[str] = None, path_col: Optional[str] = None,
-                      val_frac: float = 0.1, test_frac: float = 0.1, seed: int = 0) -> LabeledSplits:
+                      val_frac: Optional[float] = None, test_frac: float = 0.1, seed: int = 0) -> LabeledSplits:
     """List and label the images of ``data``; decoding happens later, once per preprocessing."""
     files: dict[str, tuple[list[str], list[str]]] = {}
     ignored: list[Path] = []

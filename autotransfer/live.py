@@ -106,7 +106,7 @@ class LiveLeaderboard(Callback):
         if last.get(TRIAL_ERROR):
             e["status"], e["error"] = FAILED, str(last[TRIAL_ERROR])
         else:
-            e["status"] = finish_status(int(last.get("training_iteration", 0)), self.max_iterations)
+            e["status"] = finish_status(last, self.max_iterations)
         self._finished(e)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -18,6 +18,11 @@ _METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+def metric_function(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The scikit-learn function behind a metric name: ``fn(y_true, y_pred)``."""
+    return _METRICS[name]
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """Every supported metric for one set of predictions."""
     return {name: float(fn(y_true, y_pred)) for name, fn in _METRICS.items()}

@@ -256,7 +256,10 @@ def leaderboard_frame(records: list[TrialRecord], metric: str, test: Optional[di
     rows = []
     for r in records:
         row = {"rank": r.rank, "trial": r.trial_id, "backbone": display_name(r.backbone), "strategy": r.strategy,
-               f"val {metric}": None if r.best_metric is None else round(r.best_metric, 4)}
+               f"val {metric}": None if r.best_metric is None else round(r.best_metric, 4),
+               "95% interval": "" if not r.interval else f"{r.interval[0]:.3f} to {r.interval[1]:.3f}",
+               "tied with best": {True: "tied" if r.rank != 1 else "best", False: "", None: ""}[r.tied_with_best],
+               "recipe": r.params.get("recipe") or ""}
         if test is not None:
             row[f"test {metric}"] = round(test[metric], 4) if r.rank == 1 and r.ok else None
         row.update({"epochs": r.epochs, "status": _status(r), "wall time (s)": round(r.wall_time_s, 1),

@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
@@ -51,6 +51,10 @@ class TrialRecord:
     nodes: list[str] = field(default_factory=list)
     #: attempts lost to a dead worker or node and retried: [{"error", "node", "epoch"}, ...]
     lost_attempts: list[dict[str, Any]] = field(default_factory=list)
+    #: 95% bootstrap interval of ``best_metric`` on the validation examples (see autotransfer.uncertainty)
+    interval: Optional[list[float]] = None
+    #: the validation set cannot tell this trial from the leader (paired bootstrap); None: not computed
+    tied_with_best: Optional[bool] = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -61,9 +65,23 @@ class TrialRecord:
         return self.status != FAILED and self.best_metric is not None
 
 
-def finish_status(iterations: int, max_iterations: int) -> str:
-    """How a trial that ended without error ended: ran every evaluation, or was stopped early."""
-    return COMPLETED if iterations >= max_iterations else STOPPED
+#: result key a trial sets on its last report when it ran its whole budget (see autotransfer.training)
+FINISHED = "trial_finished"
+#: result key: validation examples behind the metric (for confidence intervals and ASHA's noise band)
+VAL_EXAMPLES = "val_examples"
+#: config key naming the standard recipe a trial runs (see autotransfer.recipes)
+RECIPE = "recipe"
+
+
+def finish_status(last_result: Mapping[str, Any], max_iterations: int) -> str:
+    """How a trial that ended without error ended: ran its whole budget, or was stopped early.
+
+    A trial says so on its last report (a linear probe's budget is one evaluation); results
+    written before that flag existed count evaluations.
+    """
+    if last_result.get(FINISHED):
+        return COMPLETED
+    return COMPLETED if int(last_result.get("training_iteration", 0) or 0) >= max_iterations else STOPPED
 
 
 def one_line(error: Any) -> str:
@@ -95,7 +113,7 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
         status, error = FAILED, str(metrics[TRIAL_ERROR])
         iterations = max(0, iterations - 1)  # the failure report is not an evaluation
     else:
-        status, error = finish_status(iterations, max_iterations), None
+        status, error = finish_status({**metrics, "training_iteration": iterations}, max_iterations), None
     checkpoint = None
     best_ckpts = getattr(result, "best_checkpoints", None) or []
     if best_ckpts:
@@ -111,7 +129,7 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
                 nodes.append(str(n))
     elif metrics.get(NODE_ID):
         nodes = [str(metrics[NODE_ID])]
-    keep = ("val_loss", "train_loss", "samples_per_s", "torch_threads", "batch_size_used", "gpu_memory_peak_mb",
+    keep = (VAL_EXAMPLES, "val_loss", "train_loss", "samples_per_s", "torch_threads", "batch_size_used", "gpu_memory_peak_mb",
             "gpu_memory_at_start_mb", metric)
     return TrialRecord(
         trial_id=trial_id,

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 from autotransfer.errors import UserError
 from autotransfer.results import short_node
 from autotransfer.settings import TUNE_DIR, SearchSettings, local_cpu_count
-from autotransfer.space import SearchSpace
+from autotransfer.space import RecipePoint, SearchSpace
 from autotransfer.training import TrialContext, run_trial
 
 MODE = "max"
@@ -209,25 +209,38 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def first_points(settings: SearchSettings, space: SearchSpace, recipes: list[RecipePoint]) -> list[dict[str, Any]]:
+    """What the sampler is given first: the recipes (one per backbone), then one warm start per strategy."""
+    points = [space.enqueued(r.values) for r in recipes]
+    if settings.warm_start:
+        points += space.warm_start_points(settings.num_samples, covered=recipes)
+    return points[:settings.num_samples]
+
+
 def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, num_layers: Mapping[str, int],
-             max_concurrent: int, callbacks: list[Any]) -> Any:
-    """Run the search (``max_concurrent`` from :func:`concurrency`) and return Ray Tune's ``ResultGrid``."""
+             max_concurrent: int, callbacks: list[Any], recipes: Optional[list[RecipePoint]] = None) -> Any:
+    """Run the search (``max_concurrent`` from :func:`concurrency`) and return Ray Tune's ``ResultGrid``.
+
+    ``recipes`` run first and ASHA never stops them (see :mod:`autotransfer.scheduler`).
+    """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from autotransfer.scheduler import NoiseAwareASHA
+
+    recipes = list(recipes or [])
     # a define-by-run space makes OptunaSearch ignore TuneConfig's metric: give it (and ASHA) their own
-    warm = space.warm_start_points(settings.num_samples) if settings.warm_start else []
-    searcher = OptunaSearch(space=space.define_by_run(num_layers), metric=settings.metric, mode=MODE,
-                            points_to_evaluate=warm or None,
+    searcher = OptunaSearch(space=space.define_by_run(num_layers, recipes), metric=settings.metric, mode=MODE,
+                            points_to_evaluate=first_points(settings, space, recipes) or None,
                             sampler=make_sampler(settings.sampler, settings.seed, settings.num_samples))
     if settings.scheduler == "fifo":
         scheduler: Any = FIFOScheduler()
     else:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_iterations,
-                                  metric=settings.metric, mode=MODE,
-                                  grace_period=min(settings.grace_iterations, settings.max_iterations),
-                                  reduction_factor=settings.reduction_factor)
+        scheduler = NoiseAwareASHA(time_attr="training_iteration", max_t=settings.max_iterations,
+                                   metric=settings.metric, mode=MODE,
+                                   grace_period=min(settings.grace_iterations, settings.max_iterations),
+                                   reduction_factor=settings.reduction_factor)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     if settings.resume:

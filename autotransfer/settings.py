@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from autotransfer.budget import DEFAULT_MIN_STEPS
 from autotransfer.errors import UserError
 
 #: Metrics a search can optimise (all are "higher is better").
@@ -65,7 +66,9 @@ class SearchSettings:
     #: image-cls CSV: the column holding image paths
     image_col: Optional[str] = None
     label_col: Optional[str] = None
-    val_frac: float = 0.1
+    #: validation share carved out when there is no validation file; None: 10%, or up to 25% of small
+    #: data so that validation holds 300 examples (:func:`autotransfer.data.auto_val_frac`)
+    val_frac: Optional[float] = None
     test_frac: float = 0.1
     max_length: Optional[int] = None
     # search engine
@@ -81,11 +84,16 @@ class SearchSettings:
     seed: int = 0
     max_epochs: int = 3
     evals_per_epoch: int = 2
+    #: a full trial trains at least this many optimizer steps: evaluation rounds are stretched on small data
+    #: (see autotransfer.budget); 0 turns the floor off
+    min_steps: int = DEFAULT_MIN_STEPS
     grace_period: float = 1.0
     reduction_factor: float = 2.0
     precision: str = "auto"
     #: first trials try each strategy once (backbones alternating); the sampler fills in the rest
     warm_start: bool = True
+    #: the task's standard recipes run first, one per backbone, and ASHA never stops them
+    baseline: bool = True
     # cluster / output
     address: Optional[str] = None
     dashboard: bool = True
@@ -117,15 +125,17 @@ class SearchSettings:
         self.strategies = _split_list(self.strategies)
         for name in ("val_frac", "test_frac"):
             v = getattr(self, name)
-            if not (0.0 <= v < 0.9):
+            if v is not None and not (0.0 <= v < 0.9):
                 raise UserError(f"--{name.replace('_', '-')}: must be in [0, 0.9), got {v}")
-        if self.val_frac + self.test_frac >= 0.9:
+        if (self.val_frac if self.val_frac is not None else 0.25) + self.test_frac >= 0.9:
             raise UserError("--val-frac plus --test-frac must leave at least 10% of the data for training")
         self._positive_int("num_samples")
         self._positive_int("max_epochs")
         self._positive_int("evals_per_epoch")
         if self.max_concurrent is not None:
             self._positive_int("max_concurrent")
+        if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) or self.min_steps < 0:
+            raise UserError(f"--min-steps: must be a whole number of at least 0, got {self.min_steps!r}")
         if self.max_length is not None and self.max_length < 4:
             raise UserError(f"--max-length: must be at least 4, got {self.max_length}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:

@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 
 from autotransfer.errors import UserError
+from autotransfer.recipes import Recipe
 from autotransfer.strategies import get_strategy, list_strategies
 
 #: hyperparameters of the training loop, shared by every strategy
@@ -116,15 +117,49 @@ class SearchSpace:
             new.strategies = {s: self.strategies.get(s, {}) for s in strategies}
         return new
 
-    def define_by_run(self, num_layers: Mapping[str, int]) -> "DefineByRun":
+    def define_by_run(self, num_layers: Mapping[str, int],
+                      recipes: Optional[list["RecipePoint"]] = None) -> "DefineByRun":
         """The Optuna define-by-run function: backbone, then strategy, then their conditional params.
 
-        ``num_layers`` maps each backbone to its number of layer groups (for ``num_layers`` bounds).
+        ``num_layers`` maps each backbone to its number of layer groups (for ``num_layers`` bounds);
+        a trial proposed at one of ``recipes`` gets that recipe's name and fixed settings.
         """
         return DefineByRun(list(self.backbones), {k: dict(v) for k, v in self.strategies.items()},
-                           dict(self.params), dict(num_layers))
+                           dict(self.params), dict(num_layers), list(recipes or []))
 
-    def warm_start_points(self, limit: int) -> list[dict[str, Any]]:
+    def max_batch_size(self) -> int:
+        """The largest batch size a trial can get (the fewest optimizer steps per epoch)."""
+        p = self.params.get("batch_size")
+        if p is None:
+            return int(TRAINING_DEFAULTS["batch_size"])
+        if p.distribution == "constant":
+            return int(p.value)
+        if p.distribution == "categorical":
+            return int(max(p.choices or (TRAINING_DEFAULTS["batch_size"],)))
+        return int(float(p.high))  # type: ignore[arg-type]
+
+    def recipe_points(self, recipes: list[Recipe]) -> list["RecipePoint"]:
+        """Each recipe on each backbone, as points in this space (recipes of absent strategies skipped)."""
+        points = []
+        for recipe in recipes:
+            if recipe.strategy not in self.strategies:
+                continue
+            for backbone in self.backbones:
+                values: dict[str, Any] = {"backbone": backbone, "strategy": recipe.strategy}
+                for p in list(self.params.values()) + list(self.strategies[recipe.strategy].values()):
+                    value = _fit(p, recipe.params.get(p.name))
+                    if value is not None:
+                        values[p.name] = value
+                points.append(RecipePoint(recipe.name, values, dict(recipe.fixed)))
+        return points
+
+    def enqueued(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """A point as the sampler is given it (backbone and strategy only where there is a choice)."""
+        drop = {k for k, options in (("backbone", self.backbones), ("strategy", self.strategies))
+                if len(options) == 1}
+        return {k: v for k, v in point.items() if k not in drop}
+
+    def warm_start_points(self, limit: int, covered: Optional[list["RecipePoint"]] = None) -> list[dict[str, Any]]:
         """One starting point per strategy, backbones alternating, at most ``limit``.
 
         Each point uses the strategy's recommended hyperparameters (its ``defaults``, and
@@ -134,12 +169,16 @@ class SearchSpace:
         backbone or strategy.
         """
         points = []
+        done = {(r.values["backbone"], r.values["strategy"]) for r in covered or []}
         for i, strategy in enumerate(self.strategies):
+            backbone = self.backbones[i % len(self.backbones)]
+            if (backbone, strategy) in done:
+                continue  # a recipe already starts this strategy on this backbone
             point: dict[str, Any] = {}
             if len(self.strategies) > 1:
                 point["strategy"] = strategy
             if len(self.backbones) > 1:
-                point["backbone"] = self.backbones[i % len(self.backbones)]
+                point["backbone"] = backbone
             defaults = {**TRAINING_DEFAULTS, **get_strategy(strategy).defaults}
             for p in list(self.params.values()) + list(self.strategies[strategy].values()):
                 value = _fit(p, defaults.get(p.name))
@@ -159,6 +198,15 @@ class SearchSpace:
         }
 
 
+@dataclass(frozen=True)
+class RecipePoint:
+    """A standard recipe on one backbone: its values in the space, and settings outside it."""
+
+    name: str
+    values: dict[str, Any]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class DefineByRun:
     """A picklable define-by-run function (Ray checkpoints the searcher for resume).
@@ -170,6 +218,7 @@ class DefineByRun:
     strategies: dict[str, dict[str, Param]]
     shared: dict[str, Param]
     num_layers: dict[str, int]
+    recipes: list[RecipePoint] = field(default_factory=list)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         constants: dict[str, Any] = {}
@@ -179,6 +228,12 @@ class DefineByRun:
             value = p.suggest(trial, self.num_layers.get(backbone))
             if p.distribution == "constant":
                 constants[p.name] = value
+        # a recipe's point is enqueued exactly; a sampled float never equals it
+        values = {**trial.params, **constants}
+        for r in self.recipes:
+            if all(values.get(k) == v for k, v in r.values.items()):
+                constants.update(r.fixed, recipe=r.name)
+                break
         return constants
 
 

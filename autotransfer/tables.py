@@ -148,7 +148,7 @@ def load_text_splits(
     text_col: Optional[str] = None,
     text_pair_col: Optional[str] = None,
     label_col: Optional[str] = None,
-    val_frac: float = 0.1,
+    val_frac: Optional[float] = None,
     test_frac: float = 0.1,
     seed: int = 0,
 ) -> LabeledSplits:

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from autotransfer.budget import Budget, derive_budget
 from autotransfer.metrics import classification_metrics
+from autotransfer.results import FINISHED, VAL_EXAMPLES
 from autotransfer.strategies import Adapted, Strategy, count_parameters, get_strategy
 from autotransfer.strategies.base import trainable_state
 from autotransfer.tasks import BackboneInfo, Task, get_task
@@ -39,6 +41,8 @@ from autotransfer.tasks import BackboneInfo, Task, get_task
 Reporter = Callable[[dict[str, Any], Optional[str]], None]
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "trial_state.json"
+#: the validation predictions of the checkpointed model (int32 class ids in split order)
+PREDICTIONS_FILE = "val_predictions.npy"
 #: how often (in steps) the loss is checked for NaN/inf between evaluations
 FINITE_CHECK_EVERY = 25
 
@@ -65,6 +69,12 @@ class TrialContext:
     trust_remote_code: bool = False
     #: local backbone folders some node lacks, shipped through the object store (see autotransfer.shipping)
     shipped: dict[str, Any] = field(default_factory=dict)
+    #: the search's step budget; None: max_epochs x evals_per_epoch rounds with no step floor
+    budget: Optional[Budget] = None
+
+    def budget_for(self, train_examples: int, batch_size: int) -> Budget:
+        return self.budget or derive_budget(train_examples, batch_size, self.max_epochs, self.evals_per_epoch, 1,
+                                            min_steps=0)
 
 
 def device_for(use_gpu: bool) -> torch.device:
@@ -125,8 +135,10 @@ def train_mode(model: nn.Module) -> None:
             m.eval()
 
 
-def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with decay on weight matrices only (no decay on biases and norms)."""
+def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.device,
+               name: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (or SGD with momentum 0.9, as in the classic vision recipes) with decay on weight matrices
+    only (no decay on biases and norms)."""
     split = []
     for g in groups:
         decay = [p for p in g["params"] if p.ndim >= 2]
@@ -134,6 +146,8 @@ def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.
         for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if params:
                 split.append({**g, "params": params, "weight_decay": wd})
+    if name == "sgd":
+        return torch.optim.SGD(split, momentum=0.9)
     return torch.optim.AdamW(split, fused=device.type == "cuda")
 
 
@@ -219,7 +233,7 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
     backbone = ctx.backbones[config["backbone"]]
     prepared = ctx.prepared[backbone.name]
     gpu_at_start = _gpu_memory_start(device)
-    _, adapted = build_trial_model(task, backbone, ctx.label_names, config, ctx.trust_remote_code)
+    strategy, adapted = build_trial_model(task, backbone, ctx.label_names, config, ctx.trust_remote_code)
     model = adapted.model
     state: dict[str, Any] = {}
     if restore_dir is not None:
@@ -227,17 +241,27 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
     model.to(device)
     train_mode(model)
     trainable, total = count_parameters(model)
-    optimizer = _optimizer(adapted.param_groups, float(config.get("weight_decay", 0.01)), device)
     n_train = task.num_examples(prepared, "train")
+    n_val = task.num_examples(prepared, "validation")
+    common = {"trainable_params": trainable, "total_params": total, "torch_threads": torch.get_num_threads(),
+              VAL_EXAMPLES: n_val}
+    if strategy.fits_head_on_features:
+        return _fit_head(strategy, adapted, config, ctx, task, prepared, batch_size, device, dtype, report, common)
+    optimizer = _optimizer(adapted.param_groups, float(config.get("weight_decay", 0.01)), device,
+                           str(config.get("optimizer", "adamw")))
+    budget = ctx.budget_for(n_train, batch_size)
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    total_steps = steps_per_epoch * ctx.max_epochs
+    eval_at: list[int] = []
+    for at in budget.eval_steps(batch_size):  # strictly increasing: one evaluation per round
+        eval_at.append(max(at, eval_at[-1] + 1) if eval_at else at)
+    total_steps = eval_at[-1]
+    evals = set(eval_at)
     from transformers import get_scheduler
 
     scheduler = get_scheduler("linear", optimizer,
                               num_warmup_steps=int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)),
                               num_training_steps=total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
-    eval_at = {max(1, round(k * steps_per_epoch / ctx.evals_per_epoch)) for k in range(1, ctx.evals_per_epoch + 1)}
     smoothing = float(config.get("label_smoothing", 0.0))
 
     step = int(state.get("step", 0))
@@ -247,7 +271,7 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
     last: dict[str, Any] = {}
     loss_sum = torch.zeros((), device=device)
     loss_n, seen, train_time = 0, 0, 0.0
-    for epoch in range(step // steps_per_epoch, ctx.max_epochs):
+    for epoch in range(step // steps_per_epoch, math.ceil(total_steps / steps_per_epoch)):
         loader = task.batches(prepared, "train", batch_size, train=True, seed=ctx.seed + epoch,
                               pin_memory=device.type == "cuda", config=config)
         skip = step - epoch * steps_per_epoch  # batches already done before a restore
@@ -255,6 +279,8 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
         for i, (inputs, labels) in enumerate(loader):
             if i < skip:
                 continue
+            if step >= total_steps:
+                break
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             labels = labels.to(device, non_blocking=True)
             with _autocast(device, dtype):
@@ -271,11 +297,11 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
             loss_sum += loss.detach()
             loss_n += 1
             seen += len(labels)
-            if step % FINITE_CHECK_EVERY == 0 or (i + 1) in eval_at:
+            if step % FINITE_CHECK_EVERY == 0 or step in evals:
                 _check_finite(loss_sum, step)
-            if (i + 1) in eval_at:
+            if step in evals:
                 train_time += time.perf_counter() - t0
-                metrics, _ = evaluate(model, task, prepared, "validation", batch_size, device, dtype)
+                metrics, preds = evaluate(model, task, prepared, "validation", batch_size, device, dtype)
                 last = {
                     **{k: v for k, v in metrics.items() if k != "loss"},
                     "val_loss": metrics["loss"],
@@ -283,25 +309,76 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
                     "epoch": round(step / steps_per_epoch, 4),
                     "step": step,
                     "samples_per_s": seen / train_time if train_time > 0 else 0.0,
-                    "trainable_params": trainable,
-                    "total_params": total,
                     "batch_size_used": batch_size,
-                    "torch_threads": torch.get_num_threads(),
+                    **common,
                     **_gpu_memory(device, gpu_at_start),
                 }
+                if step == total_steps:
+                    last[FINISHED] = True
                 loss_sum.zero_()
                 loss_n = 0
-                if last[ctx.metric] > best:
-                    best = last[ctx.metric]
-                    last["best_" + ctx.metric] = best
-                    with tempfile.TemporaryDirectory(prefix="autotransfer-ckpt-") as tmp:
-                        save_file(trainable_state(model), str(Path(tmp) / WEIGHTS_FILE))
-                        (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "best": best}))
-                        report(last, tmp)
-                else:
-                    last["best_" + ctx.metric] = best
-                    report(last, None)
+                best = _report(model, last, preds, best, step, ctx.metric, report)
                 t0 = time.perf_counter()
+    return last
+
+
+def _report(model: nn.Module, result: dict[str, Any], preds: np.ndarray, best: float, step: int, metric: str,
+            report: Reporter) -> float:
+    """Report one evaluation; an improvement also checkpoints the trainable tensors and the validation
+    predictions (for the leaderboard's confidence intervals).  Returns the new best."""
+    if result[metric] > best:
+        best = result[metric]
+        result["best_" + metric] = best
+        with tempfile.TemporaryDirectory(prefix="autotransfer-ckpt-") as tmp:
+            save_file(trainable_state(model), str(Path(tmp) / WEIGHTS_FILE))
+            np.save(Path(tmp) / PREDICTIONS_FILE, preds.astype(np.int32))
+            (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "best": best}))
+            report(result, tmp)
+    else:
+        result["best_" + metric] = best
+        report(result, None)
+    return best
+
+
+@torch.inference_mode()
+def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared: Any, split: str, batch_size: int,
+                  device: torch.device, dtype: Optional[torch.dtype]) -> tuple[np.ndarray, np.ndarray]:
+    """What ``classifier`` sees for every example of a split (one forward pass, eval mode, no augmentation)."""
+    captured: list[torch.Tensor] = []
+    hook = classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().cpu()))
+    model.eval()
+    labels = []
+    try:
+        for inputs, y in task.batches(prepared, split, batch_size, train=False, pin_memory=device.type == "cuda"):
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            with _autocast(device, dtype):
+                task.logits(model, inputs)
+            labels.append(y.numpy())
+    finally:
+        hook.remove()
+    return torch.cat(captured).numpy(), np.concatenate(labels)
+
+
+def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], ctx: TrialContext, task: Task,
+              prepared: Any, batch_size: int, device: torch.device, dtype: Optional[torch.dtype], report: Reporter,
+              common: dict[str, Any]) -> dict[str, Any]:
+    """A strategy that fits its head on frozen features: one forward pass over train, a convex fit, one
+    evaluation.  The trial's whole budget, so its one report is its last."""
+    if adapted.classifier is None:
+        raise TrialFailed("no linear classifier found in the head to fit on features")
+    t0 = time.perf_counter()
+    features, labels = head_features(adapted.model, adapted.classifier, task, prepared, "train", batch_size * 2,
+                                     device, dtype)
+    weight, bias = strategy.fit_head(features, labels, len(ctx.label_names), config, threads=ctx.threads)
+    with torch.no_grad():
+        adapted.classifier.weight.copy_(torch.as_tensor(weight, dtype=adapted.classifier.weight.dtype))
+        adapted.classifier.bias.copy_(torch.as_tensor(bias, dtype=adapted.classifier.bias.dtype))
+    elapsed = time.perf_counter() - t0
+    metrics, preds = evaluate(adapted.model, task, prepared, "validation", batch_size, device, dtype)
+    last = {**{k: v for k, v in metrics.items() if k != "loss"}, "val_loss": metrics["loss"], "train_loss": None,
+            "epoch": 1.0, "step": 0, "samples_per_s": len(labels) / elapsed if elapsed > 0 else 0.0,
+            "batch_size_used": batch_size, **common, FINISHED: True}
+    _report(adapted.model, last, preds, -math.inf, 0, ctx.metric, report)
     return last
 
 
@@ -353,7 +430,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             return
         with checkpoint.as_directory() as restore_dir:
             with tempfile.TemporaryDirectory(prefix="autotransfer-restore-") as tmp:
-                for name in (WEIGHTS_FILE, STATE_FILE):
+                for name in (WEIGHTS_FILE, STATE_FILE, PREDICTIONS_FILE):
                     src = Path(restore_dir) / name
                     if src.exists():
                         (Path(tmp) / name).write_bytes(src.read_bytes())

@@ -119,7 +119,7 @@ def tiny_space(tmp_path_factory, tiny_bert, tiny_distilbert) -> Path:
           weight_decay: {{distribution: loguniform, low: 1.0e-4, high: 1.0e-2}}
         strategies:
           linear_probe:
-            head_lr: {{distribution: loguniform, low: 1.0e-3, high: 1.0e-2}}
+            C: {{distribution: loguniform, low: 1.0e-1, high: 1.0e+1}}
           freeze:
             freeze_depth: {{distribution: int, low: 0, high: num_layers}}
             lr: {{distribution: loguniform, low: 2.0e-3, high: 6.0e-3}}
@@ -244,7 +244,7 @@ def tiny_image_space(tmp_path_factory, tiny_resnet, tiny_vit) -> Path:
           augment: [none, light]
         strategies:
           linear_probe:
-            head_lr: {{distribution: loguniform, low: 1.0e-3, high: 1.0e-2}}
+            C: {{distribution: loguniform, low: 1.0e-1, high: 1.0e+1}}
           freeze:
             freeze_depth: {{distribution: int, low: 0, high: num_layers}}
             lr: {{distribution: loguniform, low: 1.0e-3, high: 5.0e-3}}

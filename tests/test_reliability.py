@@ -66,7 +66,7 @@ def test_diverging_trials_fail_alone_and_the_search_completes(ray_session, senti
 backbones: [{tiny_bert}]
 params: {{batch_size: [16]}}
 strategies:
-  linear_probe: {{head_lr: {{distribution: loguniform, low: 1.0e-3, high: 1.0e-2}}}}
+  linear_probe: {{C: {{distribution: loguniform, low: 1.0e-1, high: 1.0e+1}}}}
   full: {{lr: {{distribution: loguniform, low: 1.0e+10, high: 1.0e+12}}}}
 """)
     result = autotransfer.search(task="text-cls", data=sentiment_dir, space=space, num_samples=4, max_epochs=1,

@@ -35,7 +35,16 @@ def test_asha_stopped_weak_trials_at_a_rung(run):
     assert stopped, "ASHA stopped no trial"
     assert all(r.iterations in (1, 2) for r in stopped)  # rungs at 1 and 2 of max_t=4 with rf=2
     completed = [r for r in run.records if r.status == COMPLETED]
-    assert completed and all(r.iterations == 4 for r in completed)
+    # a linear probe's budget is one fit and one evaluation; the others' is 4 rounds
+    assert completed and all(r.iterations == (1 if r.strategy == "linear_probe" else 4) for r in completed)
+
+
+def test_the_recipe_ran_on_every_backbone_to_its_end(run, tiny_bert, tiny_distilbert):
+    recipes = [r for r in run.records if r.params.get("recipe")]
+    assert {r.backbone for r in recipes} == {str(tiny_bert), str(tiny_distilbert)}
+    assert all(r.strategy == "full" and r.status == COMPLETED and r.iterations == 4 for r in recipes)
+    meta = json.loads((run.output / "results.json").read_text())
+    assert meta["budget"]["rounds"] == 4 and meta["engine"]["baseline"] == ["full fine-tuning, lr 2e-5"]
 
 
 def test_leaderboard_is_sorted_and_saved(run):
@@ -47,6 +56,16 @@ def test_leaderboard_is_sorted_and_saved(run):
     meta = json.loads((run.output / "results.json").read_text())
     assert meta["preparation"]["preprocessing_runs"] == 1  # both backbones share the tokenizer
     assert (run.output / "leaderboard.html").stat().st_size > 100_000  # plotly.js embedded
+
+
+def test_each_finished_trial_has_a_validation_interval_and_a_tie_verdict(run):
+    ok = [r for r in run.records if r.ok]
+    assert all(r.interval and r.interval[0] <= r.best_metric <= r.interval[1] for r in ok), \
+        [(r.best_metric, r.interval) for r in ok]
+    assert run.best.tied_with_best is True
+    assert all(r.tied_with_best is not None for r in ok)
+    saved = json.loads((run.output / "results.json").read_text())["trials"]
+    assert all(t["interval"] for t in saved if t["status"] != "failed")
 
 
 def test_lora_and_linear_probe_train_fewer_parameters_than_full(run):

@@ -55,7 +55,7 @@ def test_conditional_parameters_follow_the_strategy(tmp_path):
 backbones: [a, b]
 params: {batch_size: [16, 32]}
 strategies:
-  linear_probe: {head_lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}}
+  linear_probe: {C: {distribution: loguniform, low: 1.0e-2, high: 1.0e+2}}
   freeze: {freeze_depth: {distribution: int, low: 0, high: num_layers}}
   lora: {lora_r: [4, 8], lora_dropout: 0.1}
 """))
@@ -69,7 +69,7 @@ strategies:
         seen.add(params["strategy"])
         assert "batch_size" in params
         assert ("lora_r" in params) == (params["strategy"] == "lora")
-        assert ("head_lr" in params) == (params["strategy"] == "linear_probe")
+        assert ("C" in params) == (params["strategy"] == "linear_probe")
         if params["strategy"] == "lora":
             assert params["lora_dropout"] == 0.1  # constants reach the config
         if params["strategy"] == "freeze":

@@ -39,9 +39,12 @@ def test_registry_lists_the_four_strategies():
 
 def test_linear_probe_trains_only_the_head(backbone):
     bundle = _bundle(backbone)
-    adapted = get_strategy("linear_probe").apply(bundle, {"head_lr": 0.01})
+    adapted = get_strategy("linear_probe").apply(bundle, {"C": 1.0})
     assert _trainable_names(adapted.model) == set(bundle.head)
-    assert [g["lr"] for g in adapted.param_groups] == [0.01]
+    # the head's last linear layer is what the logistic regression is fitted into
+    assert adapted.classifier is not None
+    assert {f"{n}.weight" for n, m in adapted.model.named_modules() if m is adapted.classifier} <= set(bundle.head)
+    assert adapted.classifier.out_features == 2
 
 
 @pytest.mark.parametrize("depth", [0, 1, 2])

@@ -33,7 +33,9 @@ def test_full_finetuning_learns_and_checkpoints_only_improvements(ctx, tmp_path)
     improvements = sum(1 for i, r in enumerate(reports)
                        if r["accuracy"] > max([x["accuracy"] for x in reports[:i]], default=-1))
     assert len(saved) == improvements  # a checkpoint only when the metric improved
-    assert saved[0] == ["trainable.safetensors", "trial_state.json"]
+    assert saved[0] == ["trainable.safetensors", "trial_state.json", "val_predictions.npy"]
+    assert last["trial_finished"] and last["val_examples"] == 80 and not any(r.get("trial_finished")
+                                                                             for r in reports[:-1])
     assert last["trainable_params"] == last["total_params"]
 
 

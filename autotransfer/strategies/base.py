@@ -10,8 +10,9 @@ freeze, what to wrap (LoRA) and which learning rate each group gets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,6 +52,8 @@ class Adapted:
     model: nn.Module
     #: optimizer parameter groups: dicts with ``params`` and ``lr``
     param_groups: list[dict[str, Any]]
+    #: the head's final linear layer, for strategies that fit it on frozen features
+    classifier: Optional[nn.Module] = None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -73,6 +76,9 @@ class Strategy:
     hyperparameters: ClassVar[Mapping[str, str]] = {}
     #: values used when the space leaves a hyperparameter out
     defaults: ClassVar[Mapping[str, Any]] = {}
+    #: the backbone stays frozen and :meth:`fit_head` fits the head's last linear layer on the features it
+    #: sees, computed once (instead of epochs of gradient steps through the frozen backbone)
+    fits_head_on_features: ClassVar[bool] = False
 
     def hp(self, config: Mapping[str, Any], name: str) -> Any:
         if name in config and config[name] is not None:
@@ -81,6 +87,11 @@ class Strategy:
 
     def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
         """Freeze/wrap ``bundle.model`` and return it with its optimizer parameter groups."""
+        raise NotImplementedError
+
+    def fit_head(self, features: np.ndarray, labels: np.ndarray, num_classes: int, config: Mapping[str, Any],
+                 threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) of the final linear layer fitted on ``features`` (``fits_head_on_features`` only)."""
         raise NotImplementedError
 
     def finalize(self, model: nn.Module) -> nn.Module:
@@ -95,6 +106,17 @@ class Strategy:
             if params:
                 out.append({**g, "params": params})
         return out
+
+
+def final_linear(bundle: ModelBundle) -> Optional[nn.Module]:
+    """The head's last ``nn.Linear`` in registration order (the classifier proper, not a fresh pooler or
+    pre-classifier before it)."""
+    last = None
+    for name in bundle.head:
+        module = bundle.model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
+        if isinstance(module, nn.Linear):
+            last = module
+    return last
 
 
 def freeze_all(model: nn.Module) -> None:

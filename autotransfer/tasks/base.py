@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autotransfer.data import LabeledSplits
+from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 
 #: a batch: model inputs (tensors by name) and integer labels
@@ -63,6 +64,10 @@ class Task:
                 settings: Any) -> tuple[dict[str, Any], PreparationStats]:
         """Preprocess the data once per distinct preprocessing; map backbone name -> prepared data."""
         raise NotImplementedError
+
+    def recipes(self) -> list[Recipe]:
+        """The task's standard recipes, run on every backbone as protected first trials (none by default)."""
+        return []
 
     def build(self, backbone: BackboneInfo, label_names: list[str], settings: Mapping[str, Any]) -> ModelBundle:
         """A classifier on ``backbone`` with a fresh head for ``label_names``."""

@@ -27,6 +27,7 @@ from autotransfer.backbones import offline_hint
 from autotransfer.data import SPLITS, LabeledSplits
 from autotransfer.errors import UserError
 from autotransfer.images import IMAGE_SUFFIXES, decode_images, load_image_splits
+from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 from autotransfer.tasks import register_task
 from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats, Task
@@ -212,6 +213,16 @@ class ImageClassification(Task):
         stats.distinct = len(cache)
         stats.seconds = time.perf_counter() - start
         return out, stats
+
+    def recipes(self) -> list[Recipe]:
+        """The PyTorch transfer-learning tutorial's two recipes: the head alone on the frozen backbone (as
+        a converged logistic regression, what its SGD epochs approach), and full fine-tuning with SGD
+        (lr 1e-3, momentum 0.9, random-resized crops and flips), for the search's budget."""
+        return [Recipe("head only (logistic regression)", "linear_probe", {"C": 1.0}),
+                Recipe("full fine-tuning, SGD lr 1e-3", "full",
+                       {"lr": 1e-3, "head_lr": 1e-3, "layer_decay": 1.0, "weight_decay": 0.0, "warmup_ratio": 0.0,
+                        "augment": "light", "label_smoothing": 0.0, "batch_size": 16},
+                       fixed={"optimizer": "sgd"})]
 
     # ----------------------------------------------------------------- model
     def build(self, backbone: BackboneInfo, label_names: list[str], settings: Mapping[str, Any]) -> ModelBundle:

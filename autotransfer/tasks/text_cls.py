@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from autotransfer.backbones import blocks_by_list, find_block_list, layout, linear_leaf_names, local_folder, offline_hint
 from autotransfer.data import SPLITS, LabeledSplits, Split
 from autotransfer.errors import UserError
+from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 from autotransfer.tables import load_text_splits
 from autotransfer.tasks import register_task
@@ -251,6 +252,13 @@ class TextClassification(Task):
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         return TokenizedData(key=key, max_length=max_len, pad_id=int(pad),
                              input_names=tuple(tokenizer.model_input_names), splits=packed)
+
+    def recipes(self) -> list[Recipe]:
+        """The Hugging Face tutorials' recipe: full fine-tuning at lr 2e-5 (head too), weight decay 0.01,
+        no warm-up, batch 32 -- for 3 epochs, or the search's step floor on small data."""
+        return [Recipe("full fine-tuning, lr 2e-5", "full",
+                       {"lr": 2e-5, "head_lr": 2e-5, "layer_decay": 1.0, "weight_decay": 0.01, "warmup_ratio": 0.0,
+                        "batch_size": 32})]
 
     # ----------------------------------------------------------------- model
     def build(self, backbone: BackboneInfo, label_names: list[str], settings: Mapping[str, Any]) -> ModelBundle:
