@@ -211,6 +211,18 @@ class _Search:
             self.log(f"{tied} other trial(s) are statistically tied with the best on the validation set "
                      f"({len(y_true)} examples; 95% paired bootstrap): see the report's 'tied' column")
 
+    def _refit(self, best: TrialRecord, ctx: Any, out: Path, remote: bool) -> tuple[TrialRecord, dict[str, Any]]:
+        """The best configuration retrained on train + validation; a record pointing at its weights."""
+        from autotransfer.settings import local_cpu_count
+        from autotransfer.training import refit
+
+        epochs = float(best.best_epoch or best.epochs or 1.0)
+        self.log(f"refit: training trial {best.trial_id}'s configuration on train + validation "
+                 f"for {epochs:.3g} epochs (where it peaked)")
+        info = refit(best.config, ctx, epochs, out / "refit.partial",
+                     threads=ctx.threads if remote else local_cpu_count())
+        return dataclasses.replace(best, checkpoint=str(out / "refit.partial")), {"refit": info}
+
     def __init__(self, settings: SearchSettings, console: Console):
         self.s, self.console = settings, console
         self.task = get_task(settings.task)
@@ -359,8 +371,14 @@ class _Search:
 
         self._uncertainty(records, best, ctx)
         best_dir = out / "best"
+        exported, notes = best, None
+        if s.refit:
+            exported, notes = self._refit(best, ctx, out, cluster.remote)
+            meta["refit"] = notes["refit"]
         self.log(f"exporting trial {best.trial_id} ({best.backbone}, {best.strategy}) to {best_dir}")
-        tested = export_best(best, ctx, best_dir)
+        tested = export_best(exported, ctx, best_dir, notes=notes)
+        if s.refit:
+            shutil.rmtree(exported.checkpoint, ignore_errors=True)  # type: ignore[arg-type]
         meta["test"] = tested
         meta["best_trial"] = best.trial_id
         meta["wall_time_s"] = time.perf_counter() - t_start

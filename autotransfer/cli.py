@@ -86,6 +86,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="don't run the task's standard recipes (text: full fine-tuning at lr 2e-5) as protected "
                         "first trials, one per backbone")
+    e.add_argument("--refit", action="store_true",
+                   help="retrain the best configuration on train + validation (for as many epochs as its best "
+                        "checkpoint) and export that model; the test split stays unseen")
     e.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = bf16/fp16 autocast on GPU, fp32 on CPU")
     o = p.add_argument_group("cluster and output")

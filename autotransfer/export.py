@@ -12,7 +12,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from autotransfer.metrics import per_class_report
 from autotransfer.results import TrialRecord
@@ -24,8 +24,12 @@ LABEL_MAP = "label_map.json"
 SIDECAR = "autotransfer.json"
 
 
-def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: int = 64) -> dict[str, Any]:
-    """Write ``out`` (the best model folder) and return its test metrics and per-class report."""
+def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: int = 64,
+                notes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Write ``out`` (the best model folder) and return its test metrics and per-class report.
+
+    ``notes`` go into the sidecar (e.g. how a refit model was trained).
+    """
     if record.checkpoint is None:
         raise RuntimeError(f"trial {record.trial_id} left no checkpoint to export")
     task = get_task(ctx.task)
@@ -51,7 +55,7 @@ def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: i
     (tmp / SIDECAR).write_text(json.dumps({
         "task": ctx.task, "backbone": backbone.name, "backbone_source": backbone.source,
         "trial_id": record.trial_id, "config": record.config, "validation_metric": record.best_metric,
-        "test_metrics": metrics,
+        "test_metrics": metrics, **(notes or {}),
     }, indent=2, default=str))
     if out.exists():
         shutil.rmtree(out)

@@ -218,7 +218,8 @@ class LiveLeaderboard(Callback):
         for i, e in enumerate(self.ranked()[: self.rows], 1):
             best = "-" if e["best"] == -math.inf else f"{e['best']:.4f}"
             status = e["status"] if e["status"] != FAILED else f"failed: {e['error'] or ''}"[:60]
-            t.add_row(str(i), e["id"], e["backbone"], e["strategy"], best, f"{e['epoch']:.2f}", status)
+            strategy = e["strategy"] + (" (recipe)" if e["params"].get("recipe") else "")
+            t.add_row(str(i), e["id"], e["backbone"], strategy, best, f"{e['epoch']:.2f}", status)
         return t
 
     def start(self) -> None:

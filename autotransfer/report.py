@@ -24,7 +24,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from plotly.subplots import make_subplots
 
 from autotransfer.backbones import display_name
-from autotransfer.results import FAILED, STOPPED, TrialRecord, short_node
+from autotransfer.results import FAILED, RECIPE, STOPPED, TrialRecord, short_node
 
 REPORT_FILE = "leaderboard.html"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -128,7 +128,8 @@ def cost_vs_quality(records: list[TrialRecord], metric: str) -> Optional[go.Figu
 
 
 def _param_table(records: list[TrialRecord]) -> pd.DataFrame:
-    rows = [{"backbone": display_name(r.backbone), "strategy": r.strategy, **r.params, "_score": r.best_metric}
+    rows = [{"backbone": display_name(r.backbone), "strategy": r.strategy,
+             **{k: v for k, v in r.params.items() if k != RECIPE}, "_score": r.best_metric}
             for r in _ok(records)]
     return pd.DataFrame(rows)
 
@@ -151,8 +152,9 @@ def parallel_coordinates(records: list[TrialRecord], metric: str) -> Optional[go
             shown = np.log10(numeric) if log else numeric
             dims.append(dict(label=_txt(f"log10 {col}" if log else col), values=shown.fillna(shown.min() - 1)))
         else:
-            cats = sorted(values.astype(str).unique())
-            codes = values.astype(str).map({c: i for i, c in enumerate(cats)})
+            text = values.map(lambda v: "-" if pd.isna(v) else str(v))  # "-": not used by that trial
+            cats = sorted(text.unique())
+            codes = text.map({c: i for i, c in enumerate(cats)})
             dims.append(dict(label=_txt(col), values=codes, tickvals=list(range(len(cats))),
                              ticktext=[_txt(c) for c in cats]))
     if not dims:

@@ -99,6 +99,12 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
     metrics = dict(result.metrics or {})
     config = dict(result.config or {})
     df = result.metrics_dataframe
+    # the trial's identity is its folder (trial_<id>, see runner.trial_dirname); metrics that name another
+    # trial are a reused worker's leftovers (a failed actor reuse) and must not be passed off as this one's
+    path_id = Path(str(result.path)).name.removeprefix("trial_") if getattr(result, "path", None) else ""
+    if path_id and metrics.get("trial_id") and str(metrics["trial_id"]) != path_id:
+        metrics = {}
+        df = None
     history: list[list[float]] = []
     if df is not None and {metric, "epoch"} <= set(getattr(df, "columns", [])):
         rows = df[["epoch", metric]].dropna()
@@ -120,7 +126,7 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
         checkpoint = checkpoint_location(max(best_ckpts, key=lambda cm: _score(cm[1].get(metric)))[0])
     elif result.checkpoint is not None:
         checkpoint = checkpoint_location(result.checkpoint)
-    trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
+    trial_id = path_id or str(metrics.get("trial_id") or "?")
     size = folder_bytes(checkpoint) if checkpoint is not None else None
     nodes: list[str] = []
     if df is not None and NODE_ID in getattr(df, "columns", []):

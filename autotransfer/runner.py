@@ -81,6 +81,11 @@ def start_ray(settings: SearchSettings) -> Cluster:
     # then loses at most a second of bookkeeping, and finished trials are not run again on resume
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    if not settings.verbose:
+        # failed trials are reported in the leaderboard and results.json, with their reasons; Ray's own
+        # summaries of them ("Trials did not complete", "Failed to fetch metrics") would scroll past it
+        for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(
             # no --address: always a fresh local Ray, even if `ray start` left a cluster (or a stale record

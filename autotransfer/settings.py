@@ -94,6 +94,8 @@ class SearchSettings:
     warm_start: bool = True
     #: the task's standard recipes run first, one per backbone, and ASHA never stops them
     baseline: bool = True
+    #: retrain the chosen configuration on train + validation before export (the test split stays unseen)
+    refit: bool = False
     # cluster / output
     address: Optional[str] = None
     dashboard: bool = True

@@ -183,23 +183,25 @@ def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size
 
 
 def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
-          restore_dir: Optional[str] = None) -> dict[str, Any]:
+          restore_dir: Optional[str] = None, should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
     """Train one configuration, reporting after every evaluation. Returns the final report.
 
     Out of GPU memory, the trial is retried once with half the batch size, then fails with a
-    one-line reason.  Whatever happens, the trial's GPU memory is handed back before this
+    one-line reason.  ``should_stop`` is polled every step: once the scheduler has stopped the
+    trial it returns at once, so the worker is free for the next trial (Ray Tune reuses it only
+    if the previous trial's thread ends within seconds).  Whatever happens, the trial's GPU memory is handed back before this
     returns (Ray Tune reuses the worker process for the next trial).
     """
     batch_size = int(config.get("batch_size", 32))
     try:
         try:
-            return _train(config, ctx, report, restore_dir, batch_size)
+            return _train(config, ctx, report, restore_dir, batch_size, should_stop)
         except torch.cuda.OutOfMemoryError as exc:
             _release_memory(exc)
             if batch_size < 2:
                 raise TrialFailed("out of GPU memory at batch size 1") from None
         try:
-            return _train(config, ctx, report, restore_dir, batch_size // 2)
+            return _train(config, ctx, report, restore_dir, batch_size // 2, should_stop)
         except torch.cuda.OutOfMemoryError as exc:
             _release_memory(exc)
             raise TrialFailed(f"out of GPU memory at batch size {batch_size} and again at {batch_size // 2}") from None
@@ -224,7 +226,7 @@ def _release_memory(exc: Optional[BaseException] = None) -> None:
 
 
 def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, restore_dir: Optional[str],
-           batch_size: int) -> dict[str, Any]:
+           batch_size: int, should_stop: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
     torch.set_num_threads(max(1, ctx.threads))
     torch.manual_seed(ctx.seed)
     device = device_for(ctx.use_gpu)
@@ -272,6 +274,8 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
     loss_sum = torch.zeros((), device=device)
     loss_n, seen, train_time = 0, 0, 0.0
     for epoch in range(step // steps_per_epoch, math.ceil(total_steps / steps_per_epoch)):
+        if should_stop is not None and should_stop():
+            break
         loader = task.batches(prepared, "train", batch_size, train=True, seed=ctx.seed + epoch,
                               pin_memory=device.type == "cuda", config=config)
         skip = step - epoch * steps_per_epoch  # batches already done before a restore
@@ -279,7 +283,7 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
         for i, (inputs, labels) in enumerate(loader):
             if i < skip:
                 continue
-            if step >= total_steps:
+            if step >= total_steps or (should_stop is not None and should_stop()):
                 break
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             labels = labels.to(device, non_blocking=True)
@@ -403,6 +407,60 @@ def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
         raise TrialFailed(f"training loss became NaN/inf by step {step} (learning rate too high?)")
 
 
+def refit(config: Mapping[str, Any], ctx: TrialContext, epochs: float, folder: Path,
+          threads: Optional[int] = None) -> dict[str, Any]:
+    """Train ``config`` again on train + validation for ``epochs`` passes (where the chosen trial peaked), and
+    write its trainable tensors to ``folder`` as a checkpoint.  Returns what was done.
+
+    No split is held out, so nothing is chosen here: the configuration and the length were chosen on
+    validation before; the test split stays unseen.
+    """
+    import dataclasses
+
+    task = get_task(ctx.task)
+    backbone = config["backbone"]
+    prepared = task.with_train(ctx.prepared[backbone], ("train", "validation"))
+    n = task.num_examples(prepared, "train")
+    batch = int(config.get("batch_size", 32))
+    steps = max(1, round(epochs * n / batch))
+    budget = Budget(train_examples=n, max_batch_size=batch, rounds=1, grace_rounds=1, examples_per_round=steps * batch,
+                    min_steps=0)
+    refit_ctx = dataclasses.replace(ctx, prepared={**ctx.prepared, backbone: prepared}, budget=budget,
+                                    threads=threads or ctx.threads)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def keep(metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
+        if checkpoint_dir is not None:
+            for name in (WEIGHTS_FILE, STATE_FILE):
+                (folder / name).write_bytes((Path(checkpoint_dir) / name).read_bytes())
+
+    start = time.perf_counter()
+    train(config, refit_ctx, keep)
+    if not (folder / WEIGHTS_FILE).exists():
+        raise TrialFailed("the refit saved no weights")
+    fitted = get_strategy(config["strategy"]).fits_head_on_features
+    return {"train_examples": n, "epochs": round(epochs, 4), "steps": 0 if fitted else steps,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _stop_signal() -> Optional[Callable[[], bool]]:
+    """Whether Ray Tune has stopped this trial (ASHA, the time budget, Ctrl-C).
+
+    A function trainable only learns it is stopped at its next ``tune.report``; until then its
+    thread holds the worker, and Ray Tune gives up reusing a worker whose previous thread runs
+    on for 2 s (the next trial then fails with "Trainable runner reuse requires reset_config()").
+    Ray's session sets an event when it finishes the trial; reading it is Ray-internal, so a
+    layout change degrades to the old behaviour (None), it does not break trials.
+    """
+    try:
+        from ray.train._internal.session import get_session
+
+        event = getattr(get_session(), "stop_event", None)
+    except Exception:  # noqa: BLE001 - no session or another Ray layout
+        return None
+    return event.is_set if event is not None else None
+
+
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Ray Tune function trainable: :func:`train` wired to ``tune.report`` and ``tune.get_checkpoint``.
 
@@ -417,6 +475,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from autotransfer.shipping import use_local_folders
 
     node = ray.get_runtime_context().get_node_id()
+    should_stop = _stop_signal()
 
     def report(metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -426,7 +485,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         ctx = use_local_folders(ctx, config["backbone"])
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            train(config, ctx, report)
+            train(config, ctx, report, should_stop=should_stop)
             return
         with checkpoint.as_directory() as restore_dir:
             with tempfile.TemporaryDirectory(prefix="autotransfer-restore-") as tmp:
@@ -434,7 +493,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                     src = Path(restore_dir) / name
                     if src.exists():
                         (Path(tmp) / name).write_bytes(src.read_bytes())
-                train(config, ctx, report, restore_dir=tmp)
+                train(config, ctx, report, restore_dir=tmp, should_stop=should_stop)
     except Exception as exc:  # noqa: BLE001 - any error of the trial's own is its one-line reason
         reason = str(exc) if isinstance(exc, TrialFailed) else one_line(f"{type(exc).__name__}: {exc}")
         tune.report({ctx.metric: float("nan"), TRIAL_ERROR: reason or type(exc).__name__, NODE_ID: node})

@@ -107,7 +107,7 @@ def _search(cluster: LocalCluster, data: Path, space: Path, storage: Path, run_n
             wait: bool = True):
     args = [sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(data),
             "--space", str(space), "--address", cluster.address, "--storage", str(storage),
-            "--run-name", run_name, "--seed", "1", *extra]
+            "--run-name", run_name, "--seed", "1", "--min-steps", "0", *extra]  # epochs as given: no step floor
     if wait:
         return subprocess.run(args, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=900)
     return subprocess.Popen(args, cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

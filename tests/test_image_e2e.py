@@ -18,7 +18,8 @@ def run(ray_session, shapes_dir, tiny_image_space, tmp_path_factory):
     return autotransfer.search(
         task="image-cls", data=shapes_dir, space=tiny_image_space, num_samples=6, max_epochs=4, evals_per_epoch=1,
         grace_period=1, reduction_factor=2, max_concurrent=2, seed=0, dashboard=False,
-        output=tmp_path_factory.mktemp("image-runs") / "shapes",
+        # the engine's mechanics on images: epochs as given, no recipe trials (the text e2e covers those)
+        min_steps=0, baseline=False, output=tmp_path_factory.mktemp("image-runs") / "shapes",
     )
 
 

@@ -47,14 +47,30 @@ def _oom_above(limit, monkeypatch):
 def test_out_of_memory_retries_once_with_half_the_batch(ctx, monkeypatch):
     _oom_above(8, monkeypatch)
     reports = []
-    config = {"backbone": next(iter(ctx.backbones)), "strategy": "linear_probe", "batch_size": 16}
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 1e-3, "batch_size": 16}
     train(config, ctx, lambda m, c: reports.append(m))
     assert reports and reports[-1]["batch_size_used"] == 8
 
 
+def test_a_trial_stopped_by_the_scheduler_frees_its_worker_within_a_step(ctx):
+    """Ray reuses a worker only if the stopped trial's thread ends within 2 s: it must not train on to its
+    next evaluation (the cause of "Trainable runner reuse requires reset_config()" failures)."""
+    steps, reports = [], []
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 1e-3, "batch_size": 16}
+
+    def stopped_after_five_steps():
+        steps.append(1)
+        return len(steps) > 5
+
+    train(config, dataclasses.replace(ctx, max_epochs=2), lambda m, c: reports.append(m),
+          should_stop=stopped_after_five_steps)
+    assert not reports  # 30 steps to the first evaluation: it stopped long before
+    assert len(steps) <= 8
+
+
 def test_out_of_memory_twice_fails_the_trial_with_a_reason(ctx, monkeypatch):
     _oom_above(2, monkeypatch)
-    config = {"backbone": next(iter(ctx.backbones)), "strategy": "linear_probe", "batch_size": 16}
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 1e-3, "batch_size": 16}
     with pytest.raises(TrialFailed, match="out of GPU memory at batch size 16 and again at 8"):
         train(config, ctx, lambda m, c: None)
 

@@ -138,11 +138,34 @@ def test_trial_records_keep_the_gpu_memory_a_trial_reported():
         error = None
         checkpoint = None
         best_checkpoints = []
-        path = "/nowhere"
+        path = "/runs/tune/trial_t1"
 
     r = record_from_result(Result(), "accuracy", 2)
+    assert r.trial_id == "t1"
     assert r.last_metrics["gpu_memory_peak_mb"] == 435.4
     assert r.last_metrics["gpu_memory_at_start_mb"] == 65.0 and r.last_metrics["batch_size_used"] == 16
+
+
+def test_a_record_never_takes_another_trials_identity_or_history():
+    """A failed actor reuse left the previous trial's last result on the new one: the leaderboard showed
+    one trial twice and lost the real one."""
+    import pandas as pd
+
+    from autotransfer.results import FAILED, record_from_result
+
+    class Result:
+        config = {"backbone": "/models/bert", "strategy": "lora", "lr": 1e-3}
+        metrics = {"accuracy": 0.9, "epoch": 2.0, "training_iteration": 4, "trial_id": "previous"}
+        metrics_dataframe = pd.DataFrame({"epoch": [1.0, 2.0], "accuracy": [0.8, 0.9]})
+        error = RuntimeError("Trainable runner reuse requires reset_config() to be implemented and return True.")
+        checkpoint = None
+        best_checkpoints = []
+        path = "/runs/tune/trial_this"
+
+    r = record_from_result(Result(), "accuracy", 4)
+    assert r.trial_id == "this" and r.strategy == "lora"
+    assert r.status == FAILED and "reset_config" in r.error
+    assert r.history == [] and r.best_metric is None
 
 
 def test_the_live_report_writes_results_at_once_and_draws_the_latest_page_off_the_loop(tmp_path, monkeypatch):

@@ -116,3 +116,21 @@ def test_storage_uri_holds_checkpoints_and_receives_results_report_and_best(ray_
     assert json.loads((remote / "test_metrics.json").read_text()) == result.test_metrics
     clf = pipeline("text-classification", model=str(remote / "best"))
     assert clf("a great film")[0]["label"] in ("positive", "negative")
+
+
+def test_refit_trains_the_chosen_configuration_on_train_and_validation(ray_session, sentiment_dir, tiny_space,
+                                                                       tmp_path):
+    from safetensors.torch import load_file
+
+    result = autotransfer.search(
+        task="text-cls", data=sentiment_dir, space=tiny_space, num_samples=1, max_epochs=2, evals_per_epoch=1,
+        strategies=["full"], min_steps=0, seed=0, dashboard=False, output=tmp_path / "run", refit=True,
+        keep_checkpoints=True,
+    )
+    sidecar = json.loads((result.best_dir / "autotransfer.json").read_text())
+    assert sidecar["refit"]["train_examples"] == 480 + 80  # train and validation, not test
+    assert sidecar["refit"]["epochs"] == result.best.best_epoch and sidecar["refit"]["steps"] > 0
+    trial = load_file(str(next((tmp_path / "run" / "tune").glob("*/checkpoint_*")) / "trainable.safetensors"))
+    exported = load_file(str(result.best_dir / "model.safetensors"))
+    assert not (trial["classifier.weight"] == exported["classifier.weight"]).all()  # a new model, not the trial's
+    assert not (tmp_path / "run" / "refit.partial").exists()

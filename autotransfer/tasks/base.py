@@ -81,6 +81,10 @@ class Task:
     def num_examples(self, prepared: Any, split: str) -> int:
         raise NotImplementedError
 
+    def with_train(self, prepared: Any, splits: tuple[str, ...]) -> Any:
+        """A copy of ``prepared`` whose train split is ``splits`` concatenated (for ``--refit``)."""
+        raise NotImplementedError
+
     def labels(self, prepared: Any, split: str) -> Any:
         raise NotImplementedError
 

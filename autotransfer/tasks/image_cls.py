@@ -247,6 +247,12 @@ class ImageClassification(Task):
     def num_examples(self, prepared: ImageData, split: str) -> int:
         return len(prepared.splits[split])
 
+    def with_train(self, prepared: ImageData, splits: tuple[str, ...]) -> ImageData:
+        parts = [prepared.splits[name] for name in splits]
+        merged = ImageSplit(np.concatenate([p.pixels for p in parts]), np.concatenate([p.labels for p in parts]))
+        return ImageData(prepared.key, prepared.crop, prepared.mean, prepared.std,
+                         {**prepared.splits, "train": merged})
+
     def labels(self, prepared: ImageData, split: str) -> np.ndarray:
         return prepared.splits[split].labels
 

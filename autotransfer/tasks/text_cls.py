@@ -8,6 +8,7 @@ its own longest sequence.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -308,6 +309,16 @@ class TextClassification(Task):
 
     def num_examples(self, prepared: TokenizedData, split: str) -> int:
         return len(prepared.splits[split])
+
+    def with_train(self, prepared: TokenizedData, splits: tuple[str, ...]) -> TokenizedData:
+        parts = [prepared.splits[name] for name in splits]
+        offsets = [parts[0].offsets]
+        for part in parts[1:]:
+            offsets.append(part.offsets[1:] + offsets[-1][-1])
+        type_ids = None if any(p.type_ids is None for p in parts) else np.concatenate([p.type_ids for p in parts])
+        merged = TokenizedSplit(np.concatenate([p.ids for p in parts]), np.concatenate(offsets), type_ids,
+                                np.concatenate([p.labels for p in parts]))
+        return dataclasses.replace(prepared, splits={**prepared.splits, "train": merged})
 
     def labels(self, prepared: TokenizedData, split: str) -> np.ndarray:
         return prepared.splits[split].labels

@@ -1,0 +1,175 @@
+"""Benchmark: the search at the README's default budget vs the hand recipe, on small data it was not tuned on.
+
+For each case (a data set, a training size, a seed):
+
+- **data**: ``N`` rows sampled stratified from the data set's training pool; a fixed
+  test sample (``--test-rows`` of the official test split) scores both sides.  The
+  search gets the ``N`` rows as its training file and carves its own validation split
+  by its default rule; the recipe trains on all ``N`` rows, as a user doing it by hand
+  would.
+- **recipe**: full fine-tuning, lr 2e-5, 3 epochs, batch 32 (``transformers.Trainer``,
+  the Hugging Face tutorial), on each backbone; the case's recipe score is the
+  *stronger backbone's* (by test accuracy, which favours the recipe).
+- **search**: ``autotransfer search`` with ``search_spaces/text-cls-local.yaml`` and the
+  CLI defaults (8 trials, ASHA, warm start, recipes protected, step floor); the exported
+  best model is scored on the same test rows.
+
+A case is a win / tie / loss by the test difference against the test set's 95%
+interval (``1.96 sqrt(p (1 - p) / n)`` at the recipe's accuracy).  Prints a table and
+writes JSON with every case.
+
+    python benchmarks/robustness.py --cases sst2:300,sst2:1000,subj:1000   # ~40 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+from text_cls import BACKBONES, recipe  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+#: data set -> (train pool, test split, reader) with columns sentence,label
+SOURCES = {
+    "sst2": (DATA / "sst2" / "train.tsv", DATA / "sst2" / "test.tsv", dict(sep="\t")),
+    "subj": (DATA / "subj" / "train.csv", DATA / "subj" / "test.csv", dict()),
+}
+
+
+def _read(path: Path, opts: dict) -> pd.DataFrame:
+    import csv
+
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE if opts.get("sep") else 0, **opts)
+    return df.rename(columns={"text": "sentence"})[["sentence", "label"]]
+
+
+def make_case(folder: Path, source: str, rows: int, test_rows: int, seed: int) -> tuple[Path, Path]:
+    """(search data folder: train + test; recipe folder: train + dev + test) for one case."""
+    pool_path, test_path, opts = SOURCES[source]
+    pool = _read(pool_path, opts)
+    if source == "sst2":  # GLUE's train holds phrases too; the test set is whole sentences
+        pool = pool[pool["sentence"].str.split().str.len() >= 6]
+    shares = pool["label"].value_counts(normalize=True)
+    train = pd.concat([g.sample(max(2, int(round(rows * shares[k]))), random_state=seed)
+                       for k, g in pool.groupby("label")]).sample(frac=1, random_state=seed)
+    test = _read(test_path, opts).sample(min(test_rows, sum(1 for _ in open(test_path)) - 1), random_state=seed)
+    search, hand = folder / "search", folder / "recipe"
+    for d in (search, hand):
+        d.mkdir(parents=True)
+        train.to_csv(d / "train.tsv", sep="\t", index=False)
+        test.to_csv(d / "test.tsv", sep="\t", index=False)
+    test.to_csv(hand / "dev.tsv", sep="\t", index=False)  # read_splits wants one; the recipe does not use it
+    return search, hand
+
+
+def recipe_on(backbone: Path, data: Path, out: Path, seed: int) -> dict:
+    """text_cls.recipe (binary) with the string labels mapped to ids in sorted order."""
+    import text_cls
+
+    frames = text_cls.read_splits(data)
+    names = sorted(frames["train"]["label"].unique())
+    if len(names) != 2:
+        raise SystemExit(f"{data}: the recipe side handles two classes, got {len(names)}")
+    mapped = out / "data"
+    mapped.mkdir(parents=True, exist_ok=True)
+    for split, df in frames.items():
+        df.assign(label=df["label"].map({n: str(i) for i, n in enumerate(names)})).to_csv(
+            mapped / f"{split}.tsv", sep="\t", index=False)
+    return recipe(backbone, mapped, out, seed)
+
+
+def run_search(data: Path, out: Path, seed: int) -> dict:
+    """The CLI as a user runs it (a fresh process, default budget)."""
+    cmd = [sys.executable, "-m", "autotransfer.cli", "search", "--task", "text-cls", "--data", str(data),
+           "--space", str(REPO / "search_spaces" / "text-cls-local.yaml"), "--seed", str(seed),
+           "--no-dashboard", "--output", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"search failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    results = json.loads((out / "results.json").read_text())
+    test = json.loads((out / "test_metrics.json").read_text())
+    best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
+    return {"test_accuracy": test["accuracy"], "wall_s": wall, "budget": results.get("budget"),
+            "validation_rows": results["data"]["splits"]["validation"]["rows"],
+            "best": {"backbone": Path(best["backbone"]).name, "strategy": best["strategy"], "params": best["params"],
+                     "validation_accuracy": best["best_metric"], "interval": best.get("interval")},
+            "trials": {s: sum(1 for t in results["trials"] if t["status"] == s)
+                       for s in ("completed", "stopped_early", "failed")},
+            "recipe_trials": [{"backbone": Path(t["backbone"]).name, "validation_accuracy": t["best_metric"],
+                               "status": t["status"]} for t in results["trials"] if t["params"].get("recipe")]}
+
+
+def git_state() -> dict:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "autotransfer",
+                                                                      "benchmarks", "search_spaces"))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="sst2:300,sst2:1000,subj:1000",
+                    help="comma-separated data:rows[:seed] (data: sst2, subj)")
+    ap.add_argument("--test-rows", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    args = ap.parse_args()
+    import importlib.metadata as md
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    tmp = Path(tempfile.mkdtemp(prefix="autotransfer-robust-"))
+    cases = []
+    for spec in args.cases.split(","):
+        source, rows, *rest = spec.split(":")
+        seed = int(rest[0]) if rest else 0
+        folder = tmp / spec.replace(":", "-")
+        search_data, hand_data = make_case(folder, source, int(rows), args.test_rows, seed)
+        recipes = [recipe_on(b, hand_data, folder / f"recipe-{b.name}", seed) for b in BACKBONES]
+        searched = run_search(search_data, folder / "run", seed)
+        best_recipe = max(recipes, key=lambda r: r["test_accuracy"])
+        n_test = len(pd.read_csv(search_data / "test.tsv", sep="\t"))
+        p = best_recipe["test_accuracy"]
+        half = 1.96 * math.sqrt(p * (1 - p) / n_test)
+        diff = searched["test_accuracy"] - p
+        verdict = "win" if diff > half else ("loss" if diff < -half else "tie")
+        case = {"case": spec, "data": source, "rows": int(rows), "seed": seed, "test_rows": n_test,
+                "recipe": {"description": "full fine-tuning, lr 2e-5, 3 epochs, batch 32 (transformers.Trainer)",
+                           "runs": recipes, "best_backbone": best_recipe["backbone"]},
+                "search": searched, "difference": diff, "test_interval_half_width": half, "verdict": verdict}
+        cases.append(case)
+        print(f"{spec:>12}: search {searched['test_accuracy']:.4f} ({searched['best']['strategy']} on "
+              f"{searched['best']['backbone']}, {searched['wall_s']:.0f}s) vs recipe {p:.4f} "
+              f"({best_recipe['backbone']}): {diff:+.4f} +- {half:.4f} -> {verdict}", flush=True)
+    counts = {v: sum(1 for c in cases if c["verdict"] == v) for v in ("win", "tie", "loss")}
+    out = {
+        "benchmark": "robustness",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git": git_state(),
+        "machine": machine(),
+        "versions": {p: md.version(p) for p in ("torch", "transformers", "ray", "optuna", "scikit-learn")},
+        "cases": cases,
+        "summary": {**counts, "mean_difference": sum(c["difference"] for c in cases) / max(1, len(cases))},
+    }
+    args.out.write_text(json.dumps(out, indent=2, default=str))
+    print(json.dumps(out["summary"]), "->", args.out)
+
+
+if __name__ == "__main__":
+    main()
