@@ -189,8 +189,8 @@ def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
     Out of GPU memory, the trial is retried once with half the batch size, then fails with a
     one-line reason.  ``should_stop`` is polled every step: once the scheduler has stopped the
     trial it returns at once, so the worker is free for the next trial (Ray Tune reuses it only
-    if the previous trial's thread ends within seconds).  Whatever happens, the trial's GPU memory is handed back before this
-    returns (Ray Tune reuses the worker process for the next trial).
+    if the previous trial's thread ends within seconds).  Whatever happens, the trial's GPU memory
+    is handed back before this returns (Ray Tune reuses the worker process for the next trial).
     """
     batch_size = int(config.get("batch_size", 32))
     try:

@@ -29,6 +29,9 @@ def _settings(tmp_path, **kw):
     ({"gpus_per_trial": 1.5}, "--gpus-per-trial"),
     ({"val_frac": 0.5, "test_frac": 0.45}, "--val-frac"),
     ({"time_budget_s": 0}, "--time-budget"),
+    ({"min_steps": -1}, "--min-steps"),
+    ({"min_steps": 2.5}, "--min-steps"),
+    ({"test_frac": 0.7}, "--val-frac"),  # with the automatic validation share (up to 25%) too little is left
 ])
 def test_invalid_settings_name_the_option(tmp_path, kw, needle):
     with pytest.raises(UserError, match=needle):
