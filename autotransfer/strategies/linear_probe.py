@@ -1,11 +1,14 @@
 """``linear_probe``: the backbone is frozen; only the new head is fitted.
 
 The head's last linear layer is fitted as a multinomial logistic regression
-(scikit-learn, L-BFGS, standardised features) on the features it sees, computed
-once in one forward pass: a convex problem solved to convergence, rather than a
-few epochs of gradient steps through the frozen backbone.  Fresh layers before
-it (a pooler the checkpoint lacked) stay at their initialisation.  ``C`` is
-scikit-learn's inverse L2 strength; the default 1.0 is its default.
+(scikit-learn, L-BFGS) on the features it sees, computed once in one forward
+pass: a convex problem solved to convergence, rather than a few epochs of
+gradient steps through the frozen backbone.  Fresh layers before it (a pooler
+the checkpoint lacked) stay at their initialisation.  ``C`` is scikit-learn's
+inverse L2 strength on the raw features; the default 1.0 is its default, so the
+head-only recipe is exactly scikit-learn's default logistic regression.
+(Standardising first was tried: on MiniLM-L3's pooled SST-2 features, whose
+scale is small, it weakened the regularisation of C = 1 and lost 3 to 7 points.)
 """
 
 from __future__ import annotations
@@ -36,17 +39,16 @@ class LinearProbe(Strategy):
 
     def fit_head(self, features: np.ndarray, labels: np.ndarray, num_classes: int, config: Mapping[str, Any],
                  threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=max(1, threads)):
-            scaler = StandardScaler().fit(features)
-            clf = LogisticRegression(C=float(self.hp(config, "C")), max_iter=MAX_ITER)
-            clf.fit(scaler.transform(features), labels)
-        # fold the standardisation into the layer: w.(x - mean)/scale + b
-        coef = clf.coef_ / scaler.scale_
-        intercept = clf.intercept_ - coef @ scaler.mean_
+        with threadpool_limits(limits=max(1, threads)), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # MAX_ITER is far past where accuracy settles
+            clf = LogisticRegression(C=float(self.hp(config, "C")), max_iter=MAX_ITER).fit(features, labels)
+        coef, intercept = clf.coef_, clf.intercept_
         weight = np.zeros((num_classes, features.shape[1]))
         bias = np.zeros(num_classes)
         classes = clf.classes_.astype(int)
