@@ -147,7 +147,7 @@ def main() -> None:
         half = 1.96 * math.sqrt(p * (1 - p) / n_test)
         diff = searched["test_accuracy"] - p
         verdict = "win" if diff > half else ("loss" if diff < -half else "tie")
-        case = {"case": spec, "data": source, "rows": int(rows), "seed": seed, "test_rows": n_test,
+        case = {"case": spec, "data": source, "rows": int(rows), "seed": seed, "test_rows": n_test, "git": git_state(),
                 "recipe": {"description": "full fine-tuning, lr 2e-5, 3 epochs, batch 32 (transformers.Trainer)",
                            "runs": recipes, "best_backbone": best_recipe["backbone"]},
                 "search": searched, "difference": diff, "test_interval_half_width": half, "verdict": verdict}
