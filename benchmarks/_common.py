@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def machine() -> dict:
@@ -21,3 +25,13 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpus": os.cpu_count(), "cpu_model": model or platform.processor() or platform.machine(), "gpu": gpu}
+
+
+def git_state() -> dict:
+    """The commit measured, and whether the code differed from it (the package, the search spaces or the
+    benchmark scripts; the benchmarks' own JSON outputs do not count)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "autotransfer", "search_spaces", "benchmarks/*.py")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": changed.splitlines()}

@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
-from robustness import SOURCES, _read, git_state  # noqa: E402
+from _common import git_state, machine  # noqa: E402
+from robustness import SOURCES, _read  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import git_state, machine  # noqa: E402
 from text_cls import BACKBONES, recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,14 +111,6 @@ def run_search(data: Path, out: Path, seed: int) -> dict:
                        for s in ("completed", "stopped_early", "failed")},
             "recipe_trials": [{"backbone": Path(t["backbone"]).name, "validation_accuracy": t["best_metric"],
                                "status": t["status"]} for t in results["trials"] if t["params"].get("recipe")]}
-
-
-def git_state() -> dict:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "autotransfer",
-                                                                      "benchmarks", "search_spaces"))}
 
 
 def main() -> None:
