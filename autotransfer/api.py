@@ -265,7 +265,7 @@ class _Search:
 
     # ------------------------------------------------------------------ run
     def run(self) -> SearchResult:
-        from autotransfer.export import export_best
+        from autotransfer.export import export_best, test_metrics
         from autotransfer.live import LiveLeaderboard
         from autotransfer.report import write_report
         from autotransfer.runner import concurrency, run_tune, saved_trial_statuses, start_ray
@@ -375,6 +375,8 @@ class _Search:
         if s.refit:
             exported, notes = self._refit(best, ctx, out, cluster.remote)
             meta["refit"] = notes["refit"]
+            # for the record, as AutoML tools do beside a refit model; the choice was made before this line
+            meta["refit"]["selected_trial_test_metrics"] = test_metrics(best, ctx)
         self.log(f"exporting trial {best.trial_id} ({best.backbone}, {best.strategy}) to {best_dir}")
         tested = export_best(exported, ctx, best_dir, notes=notes)
         if s.refit:

@@ -30,25 +30,15 @@ def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: i
 
     ``notes`` go into the sidecar (e.g. how a refit model was trained).
     """
-    if record.checkpoint is None:
-        raise RuntimeError(f"trial {record.trial_id} left no checkpoint to export")
     task = get_task(ctx.task)
     backbone = ctx.backbones[record.backbone]
-    strategy, adapted = build_trial_model(task, backbone, ctx.label_names, record.config, ctx.trust_remote_code)
-    with local_copy(record.checkpoint) as checkpoint_dir:  # a URI's checkpoint is downloaded first
-        load_trainable(adapted.model, checkpoint_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside peft/transformers
-        model = strategy.finalize(adapted.model)
+    model = _rebuild(record, ctx)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     task.export(model, backbone, ctx.label_names, tmp)
-    device = device_for(ctx.use_gpu)
-    model.to(device)
-    prepared = ctx.prepared[backbone.name]
-    metrics, preds = evaluate(model, task, prepared, "test", batch_size, device, autocast_dtype(ctx.precision, device))
-    y_true = task.labels(prepared, "test")
+    metrics, preds = _test(model, ctx, backbone.name, batch_size)
+    y_true = task.labels(ctx.prepared[backbone.name], "test")
     report = per_class_report(y_true, preds, ctx.label_names)
     (tmp / LABEL_MAP).write_text(json.dumps({"id2label": dict(enumerate(ctx.label_names)),
                                              "label2id": {n: i for i, n in enumerate(ctx.label_names)}}, indent=2))
@@ -61,3 +51,29 @@ def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: i
         shutil.rmtree(out)
     tmp.rename(out)
     return {"test_metrics": metrics, **report}
+
+
+def test_metrics(record: TrialRecord, ctx: TrialContext, batch_size: int = 64) -> dict[str, float]:
+    """The test metrics of a trial's checkpoint, without exporting it (e.g. the selected trial beside its refit)."""
+    return _test(_rebuild(record, ctx), ctx, record.backbone, batch_size)[0]
+
+
+def _rebuild(record: TrialRecord, ctx: TrialContext) -> Any:
+    """The trial's finished model: backbone + head/adapters from its checkpoint, adapters merged."""
+    if record.checkpoint is None:
+        raise RuntimeError(f"trial {record.trial_id} left no checkpoint to export")
+    task = get_task(ctx.task)
+    strategy, adapted = build_trial_model(task, ctx.backbones[record.backbone], ctx.label_names, record.config,
+                                          ctx.trust_remote_code)
+    with local_copy(record.checkpoint) as checkpoint_dir:  # a URI's checkpoint is downloaded first
+        load_trainable(adapted.model, checkpoint_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside peft/transformers
+        return strategy.finalize(adapted.model)
+
+
+def _test(model: Any, ctx: TrialContext, backbone: str, batch_size: int) -> tuple[dict[str, float], Any]:
+    device = device_for(ctx.use_gpu)
+    model.to(device)
+    return evaluate(model, get_task(ctx.task), ctx.prepared[backbone], "test", batch_size, device,
+                    autocast_dtype(ctx.precision, device))

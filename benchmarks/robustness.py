@@ -18,7 +18,12 @@ A case is a win / tie / loss by the test difference against the test set's 95%
 interval (``1.96 sqrt(p (1 - p) / n)`` at the recipe's accuracy).  Prints a table and
 writes JSON with every case.
 
-    python benchmarks/robustness.py --cases sst2:300,subj:300,sst2:1000   # ~15 minutes a case on 2 CPU cores
+    python benchmarks/robustness.py --cases sst2:300,subj:300,sst2:1000   # ~30 minutes a case on 2 CPU cores
+    python benchmarks/robustness.py --refit --cases sst2:300:1            # also measures --refit's gain
+
+With ``--refit`` the search exports the refit model (scored as the search's result) and
+each case records the selected trial's own test score beside it: what refitting gained
+on the same run, the evidence for or against making it the default.
 """
 
 from __future__ import annotations
@@ -90,11 +95,11 @@ def recipe_on(backbone: Path, data: Path, out: Path, seed: int) -> dict:
     return recipe(backbone, mapped, out, seed)
 
 
-def run_search(data: Path, out: Path, seed: int) -> dict:
-    """The CLI as a user runs it (a fresh process, default budget)."""
+def run_search(data: Path, out: Path, seed: int, refit: bool = False) -> dict:
+    """The CLI as a user runs it (a fresh process, default budget; ``--refit`` if asked)."""
     cmd = [sys.executable, "-m", "autotransfer.cli", "search", "--task", "text-cls", "--data", str(data),
            "--space", str(REPO / "search_spaces" / "text-cls-local.yaml"), "--seed", str(seed),
-           "--no-dashboard", "--output", str(out)]
+           "--no-dashboard", "--output", str(out)] + (["--refit"] if refit else [])
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -103,7 +108,13 @@ def run_search(data: Path, out: Path, seed: int) -> dict:
     results = json.loads((out / "results.json").read_text())
     test = json.loads((out / "test_metrics.json").read_text())
     best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
-    return {"test_accuracy": test["accuracy"], "wall_s": wall, "budget": results.get("budget"),
+    refitted = results.get("refit")
+    return {"test_accuracy": test["accuracy"], "wall_s": wall,
+            # with --refit: the exported (refit) model's score above, the selected trial's own here
+            "refit": None if refitted is None else {
+                "selected_trial_test_accuracy": refitted["selected_trial_test_metrics"]["accuracy"],
+                "refit_gain": test["accuracy"] - refitted["selected_trial_test_metrics"]["accuracy"],
+                **{k: v for k, v in refitted.items() if k != "selected_trial_test_metrics"}}, "budget": results.get("budget"),
             "validation_rows": results["data"]["splits"]["validation"]["rows"],
             "best": {"backbone": Path(best["backbone"]).name, "strategy": best["strategy"], "params": best["params"],
                      "validation_accuracy": best["best_metric"], "interval": best.get("interval")},
@@ -118,6 +129,8 @@ def main() -> None:
     ap.add_argument("--cases", default="sst2:300,subj:300,sst2:1000",
                     help="comma-separated data:rows[:seed] (data: sst2, subj)")
     ap.add_argument("--test-rows", type=int, default=1000)
+    ap.add_argument("--refit", action="store_true",
+                    help="search with --refit; each case also records the selected trial's own test score")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
     import transformers
@@ -132,7 +145,7 @@ def main() -> None:
         folder = tmp / spec.replace(":", "-")
         search_data, hand_data = make_case(folder, source, int(rows), args.test_rows, seed)
         recipes = [recipe_on(b, hand_data, folder / f"recipe-{b.name}", seed) for b in BACKBONES]
-        searched = run_search(search_data, folder / "run", seed)
+        searched = run_search(search_data, folder / "run", seed, args.refit)
         best_recipe = max(recipes, key=lambda r: r["test_accuracy"])
         n_test = len(pd.read_csv(search_data / "test.tsv", sep="\t"))
         p = best_recipe["test_accuracy"]
@@ -144,10 +157,20 @@ def main() -> None:
                            "runs": recipes, "best_backbone": best_recipe["backbone"]},
                 "search": searched, "difference": diff, "test_interval_half_width": half, "verdict": verdict}
         cases.append(case)
+        refit_note = ("" if searched["refit"] is None else
+                      f" [refit {searched['refit']['refit_gain']:+.4f} over the selected trial]")
         print(f"{spec:>12}: search {searched['test_accuracy']:.4f} ({searched['best']['strategy']} on "
               f"{searched['best']['backbone']}, {searched['wall_s']:.0f}s) vs recipe {p:.4f} "
-              f"({best_recipe['backbone']}): {diff:+.4f} +- {half:.4f} -> {verdict}", flush=True)
+              f"({best_recipe['backbone']}): {diff:+.4f} +- {half:.4f} -> {verdict}{refit_note}", flush=True)
         write(args.out, cases, done=len(cases) == len(specs))  # after every case: a stopped run keeps its cases
+
+
+def _refit_summary(cases: list[dict]) -> dict:
+    gains = [c["search"]["refit"]["refit_gain"] for c in cases if c["search"].get("refit")]
+    if not gains:
+        return {}
+    return {"refit_cases": len(gains), "refit_mean_gain": sum(gains) / len(gains),
+            "refit_better": sum(g > 0 for g in gains), "refit_worse": sum(g < 0 for g in gains)}
 
 
 def write(path: Path, cases: list[dict], done: bool) -> None:
@@ -163,7 +186,8 @@ def write(path: Path, cases: list[dict], done: bool) -> None:
         "versions": {p: md.version(p) for p in ("torch", "transformers", "ray", "optuna", "scikit-learn")},
         "complete": done,
         "cases": cases,
-        "summary": {**counts, "mean_difference": sum(c["difference"] for c in cases) / max(1, len(cases))},
+        "summary": {**counts, "mean_difference": sum(c["difference"] for c in cases) / max(1, len(cases)),
+                    **_refit_summary(cases)},
     }
     path.write_text(json.dumps(out, indent=2, default=str))
     print(json.dumps(out["summary"]), "->", path, flush=True)

@@ -134,3 +134,6 @@ def test_refit_trains_the_chosen_configuration_on_train_and_validation(ray_sessi
     exported = load_file(str(result.best_dir / "model.safetensors"))
     assert not (trial["classifier.weight"] == exported["classifier.weight"]).all()  # a new model, not the trial's
     assert not (tmp_path / "run" / "refit.partial").exists()
+    # the selected trial's own test score is kept beside the refit model's
+    selected = json.loads((tmp_path / "run" / "results.json").read_text())["refit"]["selected_trial_test_metrics"]
+    assert set(selected) == set(result.test_metrics) and 0.0 <= selected["accuracy"] <= 1.0
