@@ -118,7 +118,7 @@ strategies:
 def _search_args(data: Path, space: Path, run: Path, seed: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "autotransfer", "search", "--task", "text-cls", "--data", str(data),
             "--space", str(space), "--num-samples", "6", "--max-epochs", "3", "--max-concurrent", "1",
-            "--no-dashboard", "--output", str(run), "--seed", str(seed), *extra]
+            "--no-dashboard", "--output", str(run), "--seed", str(seed), "--min-steps", "0", *extra]
 
 
 def _finished(run: Path) -> list[dict]:

@@ -30,7 +30,7 @@ def xss_run(ray_session, tmp_path_factory, tiny_space):
     for name, n, seed in (("train", 480, 1), ("dev", 80, 2), ("test", 80, 3)):
         write_tsv(d / f"{name}.tsv", [(t, relabel[l]) for t, l in make_sentences(n, seed)])
     return autotransfer.search(task="text-cls", data=d, space=tiny_space, num_samples=5, max_epochs=3,
-                               evals_per_epoch=1, max_concurrent=2, seed=1, dashboard=False,
+                               evals_per_epoch=1, max_concurrent=2, seed=1, dashboard=False, min_steps=0,
                                output=tmp_path_factory.mktemp("xss-run") / "run")
 
 

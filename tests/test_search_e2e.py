@@ -19,6 +19,7 @@ def run(ray_session, sentiment_dir, tiny_space, tmp_path_factory):
     result = autotransfer.search(
         task="text-cls", data=sentiment_dir, space=tiny_space, num_samples=8, max_epochs=4, evals_per_epoch=1,
         grace_period=1, reduction_factor=2, max_concurrent=2, seed=0, dashboard=False, output=out,
+        min_steps=150,  # still stretches the 4 rounds (480 rows at batch 16 = 120 steps), at half the default cost
     )
     return result
 
@@ -45,6 +46,7 @@ def test_the_recipe_ran_on_every_backbone_to_its_end(run, tiny_bert, tiny_distil
     assert all(r.strategy == "full" and r.status == COMPLETED and r.iterations == 4 for r in recipes)
     meta = json.loads((run.output / "results.json").read_text())
     assert meta["budget"]["rounds"] == 4 and meta["engine"]["baseline"] == ["full fine-tuning, lr 2e-5"]
+    assert meta["budget"]["stretched"] and meta["budget"]["steps_per_full_trial"] >= 150  # the floor held
 
 
 def test_leaderboard_is_sorted_and_saved(run):
