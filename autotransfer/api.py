@@ -187,7 +187,6 @@ class _Search:
         """95% intervals and ties with the best trial, from the validation predictions in each checkpoint."""
         import numpy as np
 
-        from autotransfer.metrics import metric_function
         from autotransfer.storage import local_copy
         from autotransfer.training import PREDICTIONS_FILE
         from autotransfer.uncertainty import intervals
@@ -202,7 +201,8 @@ class _Search:
             except (OSError, ValueError):  # a checkpoint from before predictions were kept
                 continue
         y_true = self.task.labels(ctx.prepared[best.backbone], "validation")
-        for trial_id, found in intervals(y_true, predictions, best.trial_id, metric_function(self.s.metric),
+        score = self.task.objective.metric_function(self.s.metric)
+        for trial_id, found in intervals(y_true, predictions, best.trial_id, score,
                                          seed=self.s.seed).items():
             r = next(r for r in records if r.trial_id == trial_id)
             r.interval, r.tied_with_best = found["interval"], found["tied"]

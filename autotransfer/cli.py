@@ -14,7 +14,8 @@ from typing import Any, Optional, Sequence
 
 from autotransfer.budget import DEFAULT_MIN_STEPS
 from autotransfer.errors import UserError
-from autotransfer.settings import METRICS, PRECISIONS, SAMPLERS, SCHEDULERS, TASKS
+from autotransfer.settings import PRECISIONS, SAMPLERS, SCHEDULERS
+from autotransfer.tasks import task_names
 
 SEARCH_EXAMPLES = """\
 examples:
@@ -46,13 +47,14 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                                    "on Ray Tune, then export the best model and a leaderboard.",
                        epilog=SEARCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to search")
-    g.add_argument("--task", required=True, choices=TASKS)
+    g.add_argument("--task", required=True, choices=task_names())
     g.add_argument("--data", required=True, type=Path,
                    help="a CSV/TSV/JSONL file, or a folder with train/validation(dev)/test files")
     g.add_argument("--space", type=Path, help="search space YAML (default: search_spaces/<task>.yaml)")
     g.add_argument("--backbones", help="comma-separated backbones replacing the space's (hub ids or folders)")
     g.add_argument("--strategies", help="comma-separated subset: linear_probe,freeze,full,lora")
-    g.add_argument("--metric", default="accuracy", choices=METRICS, help="validation metric to maximise")
+    g.add_argument("--metric", help="validation metric to maximise (default: the task's, accuracy for text-cls and "
+                                    "image-cls; an unknown name lists the task's metrics)")
     d = p.add_argument_group("data")
     d.add_argument("--text-col", help="text column (default: detected: text, sentence, ...)")
     d.add_argument("--text-pair-col", help="second text column for sentence pairs")

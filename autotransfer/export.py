@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from autotransfer.metrics import per_class_report
 from autotransfer.results import TrialRecord
 from autotransfer.storage import local_copy
 from autotransfer.tasks import get_task
@@ -39,7 +38,7 @@ def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: i
     task.export(model, backbone, ctx.label_names, tmp)
     metrics, preds = _test(model, ctx, backbone.name, batch_size)
     y_true = task.labels(ctx.prepared[backbone.name], "test")
-    report = per_class_report(y_true, preds, ctx.label_names)
+    report = task.objective.details(y_true, preds, ctx.label_names)
     (tmp / LABEL_MAP).write_text(json.dumps({"id2label": dict(enumerate(ctx.label_names)),
                                              "label2id": {n: i for i, n in enumerate(ctx.label_names)}}, indent=2))
     (tmp / SIDECAR).write_text(json.dumps({

@@ -23,11 +23,6 @@ def metric_function(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
     return _METRICS[name]
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Every supported metric for one set of predictions."""
-    return {name: float(fn(y_true, y_pred)) for name, fn in _METRICS.items()}
-
-
 def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
     """Confusion matrix and per-class precision/recall/F1 (for the report)."""
     labels = list(range(len(label_names)))

@@ -19,12 +19,9 @@ from typing import Any, Optional
 from autotransfer.budget import DEFAULT_MIN_STEPS
 from autotransfer.errors import UserError
 
-#: Metrics a search can optimise (all are "higher is better").
-METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mcc")
 SAMPLERS = ("tpe", "random", "gp", "qmc")
 SCHEDULERS = ("asha", "fifo")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TASKS = ("text-cls", "image-cls")
 #: Ray Tune's experiment folder inside a run (its trial state and checkpoints; what a resume restores)
 TUNE_DIR = "tune"
 
@@ -77,7 +74,8 @@ class SearchSettings:
     time_budget_s: Optional[float] = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    metric: str = "accuracy"
+    #: the validation metric to maximise; ``None``: the task's default (``Task.objective``)
+    metric: Optional[str] = None
     sampler: str = "tpe"
     #: asha stops weak trials early; fifo runs every trial to the end
     scheduler: str = "asha"
@@ -115,8 +113,10 @@ class SearchSettings:
     command: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise UserError(f"--task: unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        from autotransfer.tasks import task_names
+
+        if self.task not in task_names():
+            raise UserError(f"--task: unknown task {self.task!r}; choose one of {', '.join(task_names())}")
         self.data = Path(self.data).expanduser().resolve()
         if not self.data.exists():
             raise UserError(f"--data: {self.data} does not exist")
@@ -148,8 +148,7 @@ class SearchSettings:
             raise UserError(f"--gpus-per-trial: must be zero or positive, got {self.gpus_per_trial}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise UserError("--gpus-per-trial: above 1 it must be a whole number of GPUs")
-        if self.metric not in METRICS:
-            raise UserError(f"--metric: unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+        self._check_metric()
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.scheduler not in SCHEDULERS:
@@ -190,6 +189,17 @@ class SearchSettings:
             raise UserError("--storage FOLDER already sets the run folder (<storage>/<run-name>); "
                             "drop --output, or use --output alone")
         self.storage = str(Path(storage).expanduser().resolve())
+
+    def _check_metric(self) -> None:
+        """The metric is the task's to offer: each task's objective lists its own."""
+        from autotransfer.tasks import get_task
+
+        objective = get_task(self.task).objective
+        if self.metric is None:
+            self.metric = objective.default_metric
+        elif self.metric not in objective.metrics:
+            raise UserError(f"--metric: {self.task} has no metric {self.metric!r}; choose one of "
+                            f"{', '.join(objective.metrics)}")
 
     def _positive_int(self, name: str) -> None:
         v = getattr(self, name)

@@ -26,12 +26,10 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autotransfer.budget import Budget, derive_budget
-from autotransfer.metrics import classification_metrics
 from autotransfer.results import FINISHED, VAL_EXAMPLES
 from autotransfer.strategies import Adapted, Strategy, count_parameters, get_strategy
 from autotransfer.strategies.base import trainable_state
@@ -157,7 +155,8 @@ def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size
     """Metrics (and ``loss``) of ``model`` on a prepared split, plus its predictions in split order."""
     was_training = model.training
     model.eval()
-    loss_sum = 0.0
+    objective = task.objective
+    loss_sum, terms = 0.0, 0
     preds, truth = [], []
     loader = task.batches(prepared, split, batch_size * 2, train=False, pin_memory=device.type == "cuda")
     for inputs, labels in loader:
@@ -165,14 +164,16 @@ def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, dtype):
             logits = task.logits(model, inputs)
-        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        preds.append(logits.argmax(-1).cpu().numpy())
-        truth.append(labels.cpu().numpy())
+        loss_sum += float(objective.loss(logits, labels, reduction="sum"))
+        terms += objective.count(labels)
+        batch_pred, batch_true = objective.decode(logits, labels)
+        preds.append(batch_pred)
+        truth.append(batch_true)
     if was_training:
         train_mode(model)
     y_pred, y_true = np.concatenate(preds), np.concatenate(truth)
-    metrics = classification_metrics(y_true, y_pred)
-    metrics["loss"] = loss_sum / max(1, len(y_true))
+    metrics = objective.score(y_true, y_pred)
+    metrics["loss"] = loss_sum / max(1, terms)
     # evaluation batches may be length-sorted: put predictions back in split order
     order = getattr(loader, "batch_sampler", None)
     if isinstance(order, list):
@@ -289,7 +290,7 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
             labels = labels.to(device, non_blocking=True)
             with _autocast(device, dtype):
                 logits = task.logits(model, inputs)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+            loss = task.objective.loss(logits, labels, label_smoothing=smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autotransfer.data import LabeledSplits
+from autotransfer.objective import Objective
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 
@@ -51,6 +52,8 @@ class Task:
     """Base class of a task; see :class:`~autotransfer.tasks.text_cls.TextClassification`."""
 
     name: ClassVar[str]
+    #: the loss, decoding, metrics and detailed results (see :mod:`autotransfer.objective`)
+    objective: ClassVar[Objective]
 
     def load_data(self, settings: Any) -> LabeledSplits:
         """Read and validate ``settings.data``; raise UserError on bad input."""

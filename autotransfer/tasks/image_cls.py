@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from autotransfer.backbones import offline_hint
 from autotransfer.data import SPLITS, LabeledSplits
 from autotransfer.errors import UserError
+from autotransfer.objective import SingleLabel
 from autotransfer.images import IMAGE_SUFFIXES, decode_images, load_image_splits
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
@@ -137,6 +138,7 @@ def timm_layout(model: nn.Module, head: list[str]) -> ModelBundle:
 @register_task
 class ImageClassification(Task):
     name = "image-cls"
+    objective = SingleLabel()
 
     # ------------------------------------------------------------------ data
     def load_data(self, settings: Any) -> LabeledSplits:

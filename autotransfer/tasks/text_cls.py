@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from autotransfer.backbones import blocks_by_list, find_block_list, layout, linear_leaf_names, local_folder, offline_hint
 from autotransfer.data import SPLITS, LabeledSplits, Split
 from autotransfer.errors import UserError
+from autotransfer.objective import SingleLabel
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 from autotransfer.tables import load_text_splits
@@ -138,6 +139,7 @@ def _model_max_length(tokenizer: Any, config: Any) -> int:
 @register_task
 class TextClassification(Task):
     name = "text-cls"
+    objective = SingleLabel()
 
     # ------------------------------------------------------------------ data
     def load_data(self, settings: Any) -> LabeledSplits:
