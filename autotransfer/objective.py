@@ -53,6 +53,10 @@ class Objective(ABC):
         """The best model's detailed test results for ``results.json`` and the report (none by default)."""
         return {}
 
+    def figures(self, test: dict[str, Any], label_names: list[str]) -> list[Any]:
+        """The report's plotly figures of the saved test results (``details`` merged into ``test``)."""
+        return []
+
 
 class SingleLabel(Objective):
     """One class per example: cross-entropy, argmax, scikit-learn's classification metrics."""
@@ -83,3 +87,9 @@ class SingleLabel(Objective):
         from autotransfer.metrics import per_class_report
 
         return per_class_report(y_true, y_pred, label_names)
+
+    def figures(self, test: dict[str, Any], label_names: list[str]) -> list[Any]:
+        from autotransfer.report import confusion_matrix
+
+        figure = confusion_matrix(test, label_names)
+        return [] if figure is None else [figure]

@@ -279,6 +279,17 @@ def leaderboard_frame(records: list[TrialRecord], metric: str, test: Optional[di
     return pd.DataFrame(rows)
 
 
+def _task_figures(task: Optional[str], test: dict[str, Any], label_names: list[str]) -> list[go.Figure]:
+    """The task's own figures of the best model's test results (a confusion matrix for classification)."""
+    from autotransfer.tasks import get_task
+
+    try:
+        objective = get_task(task or "").objective
+    except KeyError:  # a run saved by a task this installation lacks: the generic figures only
+        return []
+    return objective.figures(test, label_names)
+
+
 def write_report(out: Path, records: list[TrialRecord], meta: dict[str, Any]) -> Path:
     """Render ``leaderboard.html`` into ``out`` and return its path."""
     metric = meta.get("metric", "accuracy")
@@ -287,8 +298,8 @@ def write_report(out: Path, records: list[TrialRecord], meta: dict[str, Any]) ->
     label_names = (meta.get("data") or {}).get("label_names") or []
     figures = [f for f in (
         learning_curves(records, metric), strategy_backbone_grid(records, metric), cost_vs_quality(records, metric),
-        parallel_coordinates(records, metric), importance(records, metric), confusion_matrix(test, label_names),
-    ) if f is not None]
+        parallel_coordinates(records, metric), importance(records, metric),
+    ) if f is not None] + (_task_figures(meta.get("task"), test, label_names) if test else [])
     fig_html = [f.to_html(full_html=False, include_plotlyjs=(i == 0), default_height=f"{f.layout.height}px",
                           config={"displaylogo": False}) for i, f in enumerate(figures)]
     table = leaderboard_frame(records, metric, test.get("test_metrics"))

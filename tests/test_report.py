@@ -203,3 +203,11 @@ def test_the_live_report_writes_results_at_once_and_draws_the_latest_page_off_th
     # Ray pickles it with the run config for Tuner.restore
     copy = pickle.loads(pickle.dumps(writer))
     assert (copy.out, copy.metric, copy.meta) == (tmp_path, "accuracy", {"run_name": "demo"})
+
+
+def test_the_tasks_objective_chooses_the_test_figures(run_dir):
+    records, meta = load_results(run_dir)
+    page = write_report(run_dir, records, meta).read_text()
+    assert "confusion matrix (rows: true, columns: predicted)" in page  # classification's figure
+    other = write_report(run_dir, records, {**meta, "task": "no-such-task"}).read_text()
+    assert "confusion matrix" not in other and "leaderboard" in other  # unknown task: the generic page still renders
