@@ -16,9 +16,7 @@ import functools
 import hashlib
 import json
 import shutil
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,9 @@ from rich.console import Console
 
 from autotransfer.budget import derive_budget
 from autotransfer.errors import UserError
-from autotransfer.results import FAILED, INTERRUPTED, STOPPED, TrialRecord, environment, rank, record_from_result, save_results
+from autotransfer.report_writer import ReportWriter
+from autotransfer.results import (INTERRUPTED, TrialRecord, environment, rank, record_from_result, save_results,
+                                  settle_interrupted)
 from autotransfer.settings import TUNE_DIR, SearchSettings
 from autotransfer.shipping import plan_folders
 from autotransfer.storage import check_target, prune_checkpoints, upload_run
@@ -120,66 +120,6 @@ def settings_for_resume(run_dir: Path) -> SearchSettings:
     data = json.loads(saved.read_text())
     data.update(output=str(run_dir), resume=True, overwrite=False)
     return SearchSettings.from_dict(data)
-
-
-@dataclass
-class ReportWriter:
-    """Rewrites results.json and the page as trials finish (picklable: Ray stores it for restore).
-
-    ``results.json`` is written at once; the page (plotly, the slow part) is drawn on a
-    background thread so Ray Tune's loop does not wait for it, latest state first: a page
-    asked for while one is being drawn replaces any older request.  :meth:`close` waits.
-    """
-
-    out: Path
-    metric: str
-    meta: dict[str, Any]
-    started: float
-    _queued: Optional[tuple[list[TrialRecord], dict[str, Any]]] = field(default=None, init=False, repr=False)
-    _drawer: Optional[threading.Thread] = field(default=None, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"out": self.out, "metric": self.metric, "meta": self.meta, "started": self.started}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
-
-    def __call__(self, live: Any) -> None:
-        try:
-            interim = live.records()
-            partial = {**self.meta, "live": True, "wall_time_s": time.time() - self.started,
-                       "trial_hours": sum(r.wall_time_s for r in interim) / 3600}
-            save_results(self.out, interim, self.metric, partial)
-        except Exception as exc:  # a report glitch must never stop the search
-            print(f"(could not refresh the results: {exc})", file=sys.stderr)
-            return
-        with self._lock:
-            self._queued = (interim, partial)
-            if self._drawer is None:
-                self._drawer = threading.Thread(target=self._draw, name="autotransfer-report", daemon=True)
-                self._drawer.start()
-
-    def _draw(self) -> None:
-        from autotransfer.report import write_report
-
-        while True:
-            with self._lock:
-                job, self._queued = self._queued, None
-                if job is None:
-                    self._drawer = None
-                    return
-            try:
-                write_report(self.out, *job)
-            except Exception as exc:  # noqa: BLE001 - a report glitch must never stop the search
-                print(f"(could not refresh the report: {exc})", file=sys.stderr)
-
-    def close(self) -> None:
-        """Wait for the page being drawn (the final one is written next, by the driver)."""
-        with self._lock:
-            drawer = self._drawer
-        if drawer is not None:
-            drawer.join()
 
 
 class _Search:
@@ -343,14 +283,8 @@ class _Search:
         records = [record_from_result(r, s.metric, s.max_iterations) for r in grid]
         for r in records:
             r.lost_attempts = list(live.lost_attempts.get(r.trial_id, []))
+        records = rank(settle_interrupted(records, live.unfinished, live.undecided() if live.interrupted else set()))
         unfinished = live.unfinished
-        # the trial in flight at Ctrl-C was cut short by the user, not by ASHA
-        cut = {r.trial_id for r in records
-               if r.status == STOPPED and r.trial_id in live.trials and r.trial_id not in live.decided}
-        for r in records:
-            if r.status != FAILED and (r.trial_id in unfinished or (live.interrupted and r.trial_id in cut)):
-                r.status = INTERRUPTED
-        records = rank(records)
         meta["wall_time_s"] = time.perf_counter() - t_start
         meta["first_result_s"] = live.first_result_s
         meta["trial_hours"] = sum(r.wall_time_s for r in records) / 3600

@@ -19,7 +19,8 @@ from rich.live import Live
 from rich.table import Table
 
 from autotransfer.backbones import display_name
-from autotransfer.results import FAILED, NODE_ID, RUNNING, TRIAL_ERROR, TrialRecord, finish_status, one_line, rank
+from autotransfer.results import (FAILED, NODE_ID, RECIPE, RUNNING, TRIAL_ERROR, TrialRecord, finish_status, one_line,
+                                  rank)
 
 
 class LiveLeaderboard(Callback):
@@ -77,8 +78,9 @@ class LiveLeaderboard(Callback):
             self.trials[trial.trial_id] = entry
         return entry
 
-    def ranked(self) -> list[dict[str, Any]]:
-        return sorted(self.trials.values(), key=lambda e: (e["status"] == FAILED, -e["best"]))
+    def undecided(self) -> set[str]:
+        """Trials seen running that no callback has seen end (at a Ctrl-C: cut short by the user)."""
+        return set(self.trials) - self.decided
 
     # --------------------------------------------------------- tune callbacks
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -133,9 +135,9 @@ class LiveLeaderboard(Callback):
         self.decided.add(e["id"])
         if not self.console.is_terminal:
             best = "-" if e["best"] == -math.inf else f"{e['best']:.4f}"
-            done = sum(1 for t in self.trials.values() if t["status"] != RUNNING)
-            leader = self.ranked()[0]
-            lead = "-" if leader["best"] == -math.inf else f"{leader['best']:.4f}"
+            done = len(self.decided)
+            leader = self.records(saved_only=False)[0]
+            lead = "-" if leader.best_metric is None else f"{leader.best_metric:.4f}"
             extra = f" ({e['error']})" if e["error"] else ""
             self.console.print(f"[{done}/{self.num_samples}] {e['id']} {e['backbone']} {e['strategy']}: "
                                f"{e['status']}{extra}, best {self.metric} {best}; leader {lead}",
@@ -189,10 +191,11 @@ class LiveLeaderboard(Callback):
         self.unfinished = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
         self.unsaved.clear()  # Ray saves its state as the experiment ends; the driver writes the results next
 
-    def records(self) -> list[TrialRecord]:
-        """Interim trial records (for the report rewritten while the search runs).
+    def records(self, saved_only: bool = True) -> list[TrialRecord]:
+        """Interim trial records, ranked (for the report rewritten while the search runs, and the terminal).
 
-        A trial Ray Tune has not yet saved as finished is still running here: a resume would run it on.
+        With ``saved_only`` a trial Ray Tune has not yet saved as finished is still running: a resume
+        would run it on.  The terminal shows it finished at once.
         """
         out = []
         for e in self.trials.values():
@@ -200,7 +203,7 @@ class LiveLeaderboard(Callback):
             best = max(e["history"], key=lambda ev: ev[1]) if e["history"] else None
             out.append(TrialRecord(
                 trial_id=e["id"], backbone=e["backbone_full"], strategy=e["strategy"], params=e["params"],
-                status=RUNNING if e["id"] in self.unsaved else e["status"],
+                status=RUNNING if saved_only and e["id"] in self.unsaved else e["status"],
                 iterations=e["iterations"], epochs=e["epoch"],
                 best_metric=best[1] if best else None, best_epoch=best[0] if best else None,
                 wall_time_s=float(last.get("time_total_s", 0.0)), trainable_params=last.get("trainable_params"),
@@ -210,16 +213,16 @@ class LiveLeaderboard(Callback):
 
     # ---------------------------------------------------------------- drawing
     def table(self) -> Table:
-        done = sum(1 for t in self.trials.values() if t["status"] != RUNNING)
-        t = Table(title=f"autotransfer leaderboard - {done}/{self.num_samples} trials done, "
+        """The leaderboard as :func:`autotransfer.results.rank` orders it (the view only renders)."""
+        t = Table(title=f"autotransfer leaderboard - {len(self.decided)}/{self.num_samples} trials done, "
                         f"{time.monotonic() - self._start:.0f}s", title_justify="left")
         for col in ("#", "trial", "backbone", "strategy", f"best {self.metric}", "epoch", "status"):
             t.add_column(col, overflow="fold")
-        for i, e in enumerate(self.ranked()[: self.rows], 1):
-            best = "-" if e["best"] == -math.inf else f"{e['best']:.4f}"
-            status = e["status"] if e["status"] != FAILED else f"failed: {e['error'] or ''}"[:60]
-            strategy = e["strategy"] + (" (recipe)" if e["params"].get("recipe") else "")
-            t.add_row(str(i), e["id"], e["backbone"], strategy, best, f"{e['epoch']:.2f}", status)
+        for r in self.records(saved_only=False)[: self.rows]:
+            best = "-" if r.best_metric is None else f"{r.best_metric:.4f}"
+            status = r.status if r.status != FAILED else f"failed: {r.error or ''}"[:60]
+            strategy = r.strategy + (" (recipe)" if r.params.get(RECIPE) else "")
+            t.add_row(str(r.rank), r.trial_id, display_name(r.backbone), strategy, best, f"{r.epochs:.2f}", status)
         return t
 
     def start(self) -> None:

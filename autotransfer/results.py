@@ -203,6 +203,19 @@ def _int_or_none(v: Any) -> Optional[int]:
         return None
 
 
+def settle_interrupted(records: list[TrialRecord], unfinished: set[str], cut: set[str]) -> list[TrialRecord]:
+    """Mark the trials a stop left unfinished as ``interrupted`` (a resume runs them on).
+
+    ``unfinished``: trials Ray Tune had not ended when the experiment stopped; ``cut``: trials
+    that ended as "stopped" only because the user pressed Ctrl-C, not by ASHA's decision.
+    A failed trial stays failed.
+    """
+    for r in records:
+        if r.status != FAILED and (r.trial_id in unfinished or (r.status == STOPPED and r.trial_id in cut)):
+            r.status = INTERRUPTED
+    return records
+
+
 def rank(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     """Best first: by best validation metric; failed trials last. Sets ``rank`` (1-based)."""
     ordered = sorted(records, key=lambda r: (not r.ok, -(r.best_metric if r.best_metric is not None else -math.inf),

@@ -19,7 +19,7 @@ from rich.console import Console
 import autotransfer
 from autotransfer.api import SearchFailed
 from autotransfer.live import LiveLeaderboard
-from autotransfer.results import COMPLETED, FAILED, RUNNING, STOPPED
+from autotransfer.results import COMPLETED, FAILED, INTERRUPTED, RUNNING, STOPPED, TrialRecord, rank, settle_interrupted
 from autotransfer.runner import saved_trial_statuses
 from autotransfer.tasks import get_task
 from autotransfer.training import TrialFailed, train
@@ -222,3 +222,29 @@ def test_ctrl_c_writes_results_and_says_how_to_resume(sentiment_dir, tiny_space,
     saved = json.loads((run / "results.json").read_text())["trials"]
     assert 1 <= sum(t["status"] in ("completed", "stopped_early") for t in saved) < 6
     assert (run / "leaderboard.html").exists()
+
+
+def test_the_terminal_ranks_trials_exactly_as_the_results_do():
+    out = io.StringIO()
+    live = LiveLeaderboard("accuracy", max_iterations=2, num_samples=3, console=Console(file=out, width=200))
+    for tid, acc in (("low", 0.6), ("high", 0.9), ("failed", 0.95)):
+        live.on_trial_result(0, [], _Trial(tid, 1), {"accuracy": acc, "epoch": 1.0, "training_iteration": 1})
+    live.on_trial_complete(0, [], _Trial("low", 2))
+    live.on_trial_complete(0, [], _Trial("high", 2))
+    live.on_trial_error(0, [], _Trial("failed", 1))
+    table_ids = [str(cell) for cell in live.table().columns[1]._cells]
+    assert table_ids == [r.trial_id for r in rank(live.records())] == ["high", "low", "failed"]
+    assert "[3/3] failed" in out.getvalue() and "leader 0.9000" in out.getvalue()  # progress lines agree
+
+
+def test_only_trials_a_stop_cut_short_become_interrupted():
+    def rec(tid, status):
+        return TrialRecord(trial_id=tid, backbone="b", strategy="full", params={}, status=status, iterations=1,
+                           epochs=1.0, best_metric=0.5, best_epoch=1.0, wall_time_s=1.0, trainable_params=None,
+                           total_params=None)
+
+    records = [rec("asha", STOPPED), rec("cut", STOPPED), rec("never-ended", RUNNING), rec("broke", FAILED),
+               rec("done", COMPLETED)]
+    settled = {r.trial_id: r.status for r in settle_interrupted(records, {"never-ended", "broke"}, {"cut", "done"})}
+    assert settled == {"asha": STOPPED, "cut": INTERRUPTED, "never-ended": INTERRUPTED, "broke": FAILED,
+                       "done": COMPLETED}

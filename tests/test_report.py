@@ -173,7 +173,7 @@ def test_the_live_report_writes_results_at_once_and_draws_the_latest_page_off_th
     import threading
 
     import autotransfer.report
-    from autotransfer.api import ReportWriter
+    from autotransfer.report_writer import ReportWriter
 
     drawing, release, drawn = threading.Event(), threading.Event(), []
 
