@@ -27,6 +27,7 @@ from rich.console import Console
 from autotransfer.budget import derive_budget
 from autotransfer.errors import UserError
 from autotransfer.report_writer import ReportWriter
+from autotransfer.run_info import RunInfo
 from autotransfer.results import (INTERRUPTED, TrialRecord, environment, rank, record_from_result, save_results,
                                   settle_interrupted)
 from autotransfer.settings import TUNE_DIR, SearchSettings
@@ -256,19 +257,19 @@ class _Search:
                            precision=s.precision, threads=s.torch_threads, seed=s.seed,
                            use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code, shipped=shipped,
                            budget=budget)
-        meta: dict[str, Any] = {
-            "run_name": s.run_name, "task": s.task, "metric": s.metric, "command": s.command,
-            "data": summary, "space": space.to_dict(), "dashboard": cluster.dashboard_url,
-            "cluster": {"address": s.address, "nodes": [dataclasses.asdict(n) for n in cluster.nodes],
-                        "cpus": cluster.cpus, "gpus": cluster.gpus, "storage": s.tune_storage,
-                        "max_failures": s.max_failures},
-            "preparation": prep.to_dict(), "environment": environment(),
-            "engine": {"sampler": s.sampler, "scheduler": s.scheduler, "max_epochs": s.max_epochs,
-                       "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
-                       "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed,
-                       "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes})},
-            "budget": budget.to_dict(),
-        }
+        meta = RunInfo(
+            run_name=s.run_name, task=s.task, metric=s.metric, command=s.command,
+            data=summary, space=space.to_dict(), dashboard=cluster.dashboard_url,
+            cluster={"address": s.address, "nodes": [dataclasses.asdict(n) for n in cluster.nodes],
+                     "cpus": cluster.cpus, "gpus": cluster.gpus, "storage": s.tune_storage,
+                     "max_failures": s.max_failures},
+            preparation=prep.to_dict(), environment=environment(),
+            engine={"sampler": s.sampler, "scheduler": s.scheduler, "max_epochs": s.max_epochs,
+                    "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
+                    "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed,
+                    "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes})},
+            budget=budget.to_dict(),
+        )
         writer = ReportWriter(out, s.metric, meta, time.time())
         live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console,
                                on_trial_end=writer,
@@ -285,20 +286,20 @@ class _Search:
             r.lost_attempts = list(live.lost_attempts.get(r.trial_id, []))
         records = rank(settle_interrupted(records, live.unfinished, live.undecided() if live.interrupted else set()))
         unfinished = live.unfinished
-        meta["wall_time_s"] = time.perf_counter() - t_start
-        meta["first_result_s"] = live.first_result_s
-        meta["trial_hours"] = sum(r.wall_time_s for r in records) / 3600
+        meta.wall_time_s = time.perf_counter() - t_start
+        meta.first_result_s = live.first_result_s
+        meta.trial_hours = sum(r.wall_time_s for r in records) / 3600
         if unfinished or live.interrupted:
-            save_results(out, records, s.metric, meta)
-            write_report(out, records, meta)
+            save_results(out, records, s.metric, meta.to_dict())
+            write_report(out, records, meta.to_dict())
             upload_run(s)
             done = sum(1 for r in records if r.status != INTERRUPTED)
             raise SearchInterrupted(f"search interrupted with {done} of {s.num_samples} trials finished; results so "
                                     f"far are in {out}; continue with: autotransfer resume {out}")
         best = next((r for r in records if r.ok and r.checkpoint), None)
         if best is None:
-            save_results(out, records, s.metric, meta)
-            write_report(out, records, meta)
+            save_results(out, records, s.metric, meta.to_dict())
+            write_report(out, records, meta.to_dict())
             upload_run(s)
             reasons = sorted({r.error or "no result" for r in records})
             raise SearchFailed(f"every trial failed ({len(records)}); first reason: {reasons[0]}")
@@ -308,25 +309,25 @@ class _Search:
         exported, notes = best, None
         if s.refit:
             exported, notes = self._refit(best, ctx, out, cluster.remote)
-            meta["refit"] = notes["refit"]
             # for the record, as AutoML tools do beside a refit model; the choice was made before this line
-            meta["refit"]["selected_trial_test_metrics"] = test_metrics(best, ctx)
+            notes["refit"]["selected_trial_test_metrics"] = test_metrics(best, ctx)
+            meta.refit = notes["refit"]
         self.log(f"exporting trial {best.trial_id} ({best.backbone}, {best.strategy}) to {best_dir}")
         tested = export_best(exported, ctx, best_dir, notes=notes)
         if s.refit:
             shutil.rmtree(exported.checkpoint, ignore_errors=True)  # type: ignore[arg-type]
-        meta["test"] = tested
-        meta["best_trial"] = best.trial_id
-        meta["wall_time_s"] = time.perf_counter() - t_start
+        meta.test = tested
+        meta.best_trial = best.trial_id
+        meta.wall_time_s = time.perf_counter() - t_start
         (out / "test_metrics.json").write_text(json.dumps(tested["test_metrics"], indent=2))
         if not s.keep_checkpoints:
             prune_checkpoints(s.tune_experiment, keep=best.checkpoint)
-        save_results(out, records, s.metric, meta)
-        report = write_report(out, records, meta)
+        save_results(out, records, s.metric, meta.to_dict())
+        report = write_report(out, records, meta.to_dict())
         uploaded = upload_run(s)
         if uploaded:
             self.log(f"results, report and best/ uploaded to {uploaded}")
         return SearchResult(output=out, records=records, best=best, best_dir=best_dir,
                             test_metrics=tested["test_metrics"], report=report, dashboard_url=cluster.dashboard_url,
-                            stats={"preparation": prep.to_dict(), "wall_time_s": meta["wall_time_s"],
+                            stats={"preparation": prep.to_dict(), "wall_time_s": meta.wall_time_s,
                                    "first_result_s": live.first_result_s})

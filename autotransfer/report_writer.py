@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotransfer.results import TrialRecord, save_results
+from autotransfer.run_info import RunInfo
 
 
 @dataclass
@@ -23,7 +24,7 @@ class ReportWriter:
 
     out: Path
     metric: str
-    meta: dict[str, Any]
+    meta: RunInfo
     started: float
     _queued: Optional[tuple[list[TrialRecord], dict[str, Any]]] = field(default=None, init=False, repr=False)
     _drawer: Optional[threading.Thread] = field(default=None, init=False, repr=False)
@@ -38,8 +39,8 @@ class ReportWriter:
     def __call__(self, live: Any) -> None:
         try:
             interim = live.records()
-            partial = {**self.meta, "live": True, "wall_time_s": time.time() - self.started,
-                       "trial_hours": sum(r.wall_time_s for r in interim) / 3600}
+            partial = self.meta.interim(wall_time_s=time.time() - self.started,
+                                        trial_hours=sum(r.wall_time_s for r in interim) / 3600).to_dict()
             save_results(self.out, interim, self.metric, partial)
         except Exception as exc:  # a report glitch must never stop the search
             print(f"(could not refresh the results: {exc})", file=sys.stderr)

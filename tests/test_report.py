@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -191,7 +192,11 @@ def test_the_live_report_writes_results_at_once_and_draws_the_latest_page_off_th
         def records(self):
             return rank([_record(i, "full", "/models/bert", 0.8 + i / 100) for i in range(self.n)])
 
-    writer = ReportWriter(tmp_path, "accuracy", {"run_name": "demo"}, 0.0)
+    from autotransfer.run_info import RunInfo
+
+    info = RunInfo(run_name="demo", task="text-cls", metric="accuracy", command=None, data={}, space={},
+                   dashboard=None, cluster={}, preparation={}, environment={}, engine={}, budget={})
+    writer = ReportWriter(tmp_path, "accuracy", info, 0.0)
     writer(Live(1))
     assert drawing.wait(30)  # the first page is being drawn, and Ray Tune's loop is not held by it:
     writer(Live(2))
@@ -202,7 +207,9 @@ def test_the_live_report_writes_results_at_once_and_draws_the_latest_page_off_th
     assert drawn == [["t0"], ["t2", "t1", "t0"]]  # the stale middle request was skipped, the latest drawn
     # Ray pickles it with the run config for Tuner.restore
     copy = pickle.loads(pickle.dumps(writer))
-    assert (copy.out, copy.metric, copy.meta) == (tmp_path, "accuracy", {"run_name": "demo"})
+    assert (copy.out, copy.metric, copy.meta) == (tmp_path, "accuracy", info)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["run_name"] == "demo" and saved["live"] is True and "test" not in saved  # an interim page
 
 
 def test_the_tasks_objective_chooses_the_test_figures(run_dir):
