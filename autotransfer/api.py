@@ -181,6 +181,10 @@ class _Search:
         else:
             check_output(s)
             check_target(s)
+        if s.address is None:  # the local resources are known before Ray starts: refuse impossible requests now
+            from autotransfer.runner import concurrency, local_cluster
+
+            concurrency(s, local_cluster())
         space = load_space(s.space).restrict(s.backbones, s.strategies)  # type: ignore[arg-type]
         if space.task and space.task != s.task:
             raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")

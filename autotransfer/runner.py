@@ -113,15 +113,35 @@ def start_ray(settings: SearchSettings) -> Cluster:
         dashboard = getattr(ctx, "dashboard_url", None) or None
     else:
         dashboard = None  # a Ray started by the caller: its dashboard is theirs to report
+    show_dashboard = settings.dashboard or settings.address is not None
+    return _running_cluster(settings.address, dashboard if show_dashboard else None)
+
+
+def _running_cluster(address: Optional[str], dashboard: Optional[str]) -> Cluster:
+    """The Ray this process is connected to: its resources, node by node."""
+    import ray
+
     resources = ray.cluster_resources()
     nodes = [Node(node_id=n["NodeID"], address=str(n.get("NodeManagerAddress", "?")),
                   cpus=float(n.get("Resources", {}).get("CPU", 0)), gpus=float(n.get("Resources", {}).get("GPU", 0)),
                   is_head="node:__internal_head__" in n.get("Resources", {}))
              for n in ray.nodes() if n.get("Alive")]
-    show_dashboard = settings.dashboard or settings.address is not None
-    return Cluster(address=settings.address, dashboard_url=dashboard if show_dashboard else None,
-                   cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)),
-                   nodes=nodes)
+    return Cluster(address=address, dashboard_url=dashboard, cpus=float(resources.get("CPU", 0)),
+                   gpus=float(resources.get("GPU", 0)), nodes=nodes)
+
+
+def local_cluster() -> Cluster:
+    """The resources a search without ``--address`` gets, known before Ray starts: the Ray already running
+    in this process, or this machine as a fresh local Ray will see it."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return _running_cluster(None, None)
+    import torch  # the task modules have imported it already
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return Cluster(address=None, dashboard_url=None, cpus=float(local_cpu_count()), gpus=float(gpus))
 
 
 def concurrency(settings: SearchSettings, cluster: Cluster) -> int:

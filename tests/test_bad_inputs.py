@@ -93,6 +93,9 @@ CASES = [
     ("zero-epochs", "text", lambda t: tsv(t, GOOD), ["--max-epochs", "0"], "--max-epochs"),
     ("more-concurrent-than-resources", "text", lambda t: tsv(t, GOOD), ["--max-concurrent", "64"], "holds"),
     ("more-cpus-than-resources", "text", lambda t: tsv(t, GOOD), ["--cpus-per-trial", "64"], "more than the cluster has"),
+    # resources are checked before the space's backbones are resolved or the data tokenized
+    ("more-cpus-and-a-bad-backbone", "text", lambda t: tsv(t, GOOD),
+     ["--cpus-per-trial", "64", "--backbones", "no-such-org/no-such-model"], "more than the cluster has"),
     ("unwritable-output", "text", lambda t: tsv(t, GOOD), ["--output", "/proc/autotransfer-run"], "not writable"),
     ("output-under-a-file", "text", lambda t: tsv(t, GOOD), ["--output", "FILE/run"], "is a file"),
     ("ray-client-address", "text", lambda t: tsv(t, GOOD), ["--address", "ray://127.0.0.1:10001"],
