@@ -1,0 +1,182 @@
+"""Token-tagged sentences (NER) from CoNLL-style files or JSON lines, checked once, tags in IOB2.
+
+Formats, one file or a folder with ``train`` / ``validation`` (``dev``, ``valid``) / ``test`` files:
+
+- **CoNLL**: one token per line, its tag in the *last* column (tab- or space-separated, so
+  the 4-column CoNLL-2003 originals read as they are), a blank line between sentences,
+  ``-DOCSTART-`` lines ignored;
+- **JSON lines**: ``{"tokens": [...], "tags": [...]}`` per sentence.
+
+Tags are ``O``, ``B-TYPE`` or ``I-TYPE``.  IOB1 (where ``I-`` opens an entity and ``B-`` only
+separates two adjacent entities of one type) is converted to IOB2 by the standard rule: an
+``I-X`` that does not continue an ``X`` entity becomes ``B-X``.  IOB2 input is unchanged by it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from autotransfer.errors import UserError
+
+CONLL_SUFFIXES = (".tsv", ".txt", ".conll", ".iob", ".bio")
+JSONL_SUFFIXES = (".jsonl", ".json")
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "dev", "valid", "val"), "test": ("test",)}
+_TAG = re.compile(r"^(O|[BI]-\S+)$")
+
+
+@dataclass
+class TaggedSentences:
+    """Sentences of one split: ``tokens[i]`` and ``tags[i]`` (IOB2 strings) have equal lengths."""
+
+    tokens: list[list[str]] = field(default_factory=list)
+    tags: list[list[str]] = field(default_factory=list)
+    #: 1-based line of each sentence's first token in its file (for error messages)
+    lines: list[int] = field(default_factory=list)
+    #: ``I-`` tags rewritten to ``B-`` (IOB1 input)
+    converted: int = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def entity_types(self) -> set[str]:
+        return {t[2:] for sent in self.tags for t in sent if t != "O"}
+
+
+def to_iob2(tags: list[str]) -> tuple[list[str], int]:
+    """IOB1 (or sloppy IOB2) -> IOB2: an ``I-X`` that does not continue an ``X`` entity opens one."""
+    out, changed, prev = [], 0, "O"
+    for tag in tags:
+        if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
+            tag, changed = "B-" + tag[2:], changed + 1
+        out.append(tag)
+        prev = tag
+    return out, changed
+
+
+def read_conll(path: Path) -> TaggedSentences:
+    """A CoNLL-style file; raises :class:`UserError` naming the first bad line."""
+    out = TaggedSentences()
+    tokens: list[str] = []
+    tags: list[str] = []
+    start, widths = 0, set()
+
+    def close() -> None:
+        if tokens:
+            fixed, changed = to_iob2(tags)
+            out.tokens.append(list(tokens))
+            out.tags.append(fixed)
+            out.lines.append(start)
+            out.converted += changed
+            tokens.clear()
+            tags.clear()
+
+    with open(path, encoding="utf-8") as fh:
+        for number, raw in enumerate(fh, 1):
+            line = raw.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                close()
+                continue
+            cols = line.split("\t") if "\t" in line else line.split()
+            if cols[0] == "-DOCSTART-":
+                close()
+                continue
+            widths.add(min(len(cols), 2))
+            if len(widths) > 1:
+                raise UserError(f"{path}:{number}: this file mixes lines with a tag column and lines without "
+                                "one; each line needs a token and its tag")
+            if len(cols) < 2:
+                raise UserError(f"{path}:{number}: no tag column (one column: {cols[0][:40]!r}); each line needs "
+                                "a token and its tag, tab- or space-separated")
+            tag = cols[-1].strip()
+            if not _TAG.match(tag):
+                raise UserError(f"{path}:{number}: tag {tag[:40]!r} is not BIO (O, B-TYPE or I-TYPE)")
+            if not tokens:
+                start = number
+            tokens.append(cols[0].strip())
+            tags.append(tag)
+    close()
+    return out
+
+
+def read_jsonl(path: Path) -> TaggedSentences:
+    """JSON lines of ``{"tokens": [...], "tags": [...]}``."""
+    out = TaggedSentences()
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or "tokens" not in row:
+                raise UserError(f"{path}:{number}: each line needs a \"tokens\" list")
+            if "tags" not in row:
+                raise UserError(f"{path}:{number}: no \"tags\" list (the entity tag of each token)")
+            toks, tags = row["tokens"], row["tags"]
+            if not isinstance(toks, list) or not isinstance(tags, list) or len(toks) != len(tags):
+                raise UserError(f"{path}:{number}: \"tokens\" and \"tags\" must be lists of equal length")
+            if not toks:
+                continue
+            bad = next((t for t in tags if not isinstance(t, str) or not _TAG.match(t)), None)
+            if bad is not None:
+                raise UserError(f"{path}:{number}: tag {str(bad)[:40]!r} is not BIO (O, B-TYPE or I-TYPE)")
+            fixed, changed = to_iob2(list(tags))
+            out.tokens.append([str(t) for t in toks])
+            out.tags.append(fixed)
+            out.lines.append(number)
+            out.converted += changed
+    return out
+
+
+def read_tagged(path: Path) -> TaggedSentences:
+    """One file, by its suffix (CoNLL unless it is ``.jsonl`` / ``.json``)."""
+    return read_jsonl(path) if path.suffix.lower() in JSONL_SUFFIXES else read_conll(path)
+
+
+def find_split_files(folder: Path) -> dict[str, Path]:
+    """``train`` / ``validation`` / ``test`` files of a folder (``dev.tsv`` is validation)."""
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.suffix.lower() not in CONLL_SUFFIXES + JSONL_SUFFIXES:
+            continue
+        for split, names in SPLIT_NAMES.items():
+            if f.stem.lower() in names:
+                if split in found:
+                    raise UserError(f"{folder}: two {split} files ({found[split].name}, {f.name}); keep one")
+                found[split] = f
+    if "train" not in found:
+        raise UserError(f"{folder}: no train file (train.tsv, train.conll, train.jsonl, ...)")
+    return found
+
+
+def read_tagged_splits(data: Path) -> tuple[dict[str, TaggedSentences], dict[str, str]]:
+    """Every split given (a file is the train split); checks there are sentences and entities.
+
+    Returns the splits and, per split, the file it came from.
+    """
+    files = find_split_files(data) if data.is_dir() else {"train": data}
+    splits = {name: read_tagged(path) for name, path in files.items()}
+    for name, sentences in splits.items():
+        if not len(sentences):
+            raise UserError(f"{files[name]}: no sentences (tokens separated from the next sentence by a blank line)")
+    if not any(sentences.entity_types() for sentences in splits.values()):
+        raise UserError(f"{data}: no entity tags in any split (every tag is O); there is nothing to learn")
+    if not splits["train"].entity_types():
+        raise UserError(f"{files['train']}: the training split has no entity tags (every tag is O)")
+    return splits, {name: str(path) for name, path in files.items()}
+
+
+def tag_names(train: TaggedSentences, others: Optional[list[TaggedSentences]] = None) -> list[str]:
+    """``O`` then ``B-X``, ``I-X`` for each entity type, sorted; a type seen only outside train is an error."""
+    types = sorted(train.entity_types())
+    for other in others or []:
+        unseen = sorted(other.entity_types() - set(types))
+        if unseen:
+            raise UserError(f"entity type(s) {', '.join(unseen[:5])} appear outside the training split but never "
+                            "in it; add training sentences or drop them")
+    return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
