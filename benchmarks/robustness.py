@@ -20,6 +20,7 @@ writes JSON with every case.
 
     python benchmarks/robustness.py --cases sst2:300,subj:300,sst2:1000   # ~30 minutes a case on 2 CPU cores
     python benchmarks/robustness.py --refit --cases sst2:300:1            # also measures --refit's gain
+    python benchmarks/robustness.py --cases hymenoptera:all               # images: ants vs bees, all 244 training images
 
 With ``--refit`` the search exports the refit model (scored as the search's result) and
 each case records the selected trial's own test score beside it: what refitting gained
@@ -95,10 +96,35 @@ def recipe_on(backbone: Path, data: Path, out: Path, seed: int) -> dict:
     return recipe(backbone, mapped, out, seed)
 
 
-def run_search(data: Path, out: Path, seed: int, refit: bool = False) -> dict:
+def make_image_case(folder: Path, seed: int) -> tuple[Path, Path]:
+    """Ants vs bees, every training image: the search gets them all (it carves its validation), the
+    tutorial recipe its own 80/20 train/val split (val picks the best epoch, as in the tutorial);
+    both are tested on hymenoptera's ``val`` folder."""
+    import image_cls
+
+    hand = image_cls.make_splits(folder / "recipe", seed)
+    search = folder / "search"
+    for split, src in (("train", image_cls.HYMENOPTERA / "train"), ("test", image_cls.HYMENOPTERA / "val")):
+        for cls_dir in sorted(src.iterdir()):
+            d = search / split / cls_dir.name
+            d.mkdir(parents=True, exist_ok=True)
+            for f in sorted(cls_dir.iterdir()):
+                (d / f.name).symlink_to(f)
+    return search, hand
+
+
+def image_recipes(hand: Path, seed: int) -> list[dict]:
+    """The PyTorch tutorial's head-only and full fine-tuning (10 epochs) on both image backbones."""
+    import image_cls
+
+    runs = [image_cls.recipe(b, hand, head_only, 10, seed) for b in image_cls.BACKBONES for head_only in (True, False)]
+    return [{**r, "backbone": f"{r['backbone']} ({r['recipe']})"} for r in runs]
+
+
+def run_search(data: Path, out: Path, seed: int, refit: bool = False, task: str = "text-cls") -> dict:
     """The CLI as a user runs it (a fresh process, default budget; ``--refit`` if asked)."""
-    cmd = [sys.executable, "-m", "autotransfer.cli", "search", "--task", "text-cls", "--data", str(data),
-           "--space", str(REPO / "search_spaces" / "text-cls-local.yaml"), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "autotransfer.cli", "search", "--task", task, "--data", str(data),
+           "--space", str(REPO / "search_spaces" / f"{task}-local.yaml"), "--seed", str(seed),
            "--no-dashboard", "--output", str(out)] + (["--refit"] if refit else [])
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -127,7 +153,7 @@ def run_search(data: Path, out: Path, seed: int, refit: bool = False) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="sst2:300,subj:300,sst2:1000",
-                    help="comma-separated data:rows[:seed] (data: sst2, subj)")
+                    help="comma-separated data:rows[:seed] (data: sst2, subj; hymenoptera:all for the images)")
     ap.add_argument("--test-rows", type=int, default=1000)
     ap.add_argument("--refit", action="store_true",
                     help="search with --refit; each case also records the selected trial's own test score")
@@ -143,17 +169,26 @@ def main() -> None:
         source, rows, *rest = spec.split(":")
         seed = int(rest[0]) if rest else 0
         folder = tmp / spec.replace(":", "-")
-        search_data, hand_data = make_case(folder, source, int(rows), args.test_rows, seed)
-        recipes = [recipe_on(b, hand_data, folder / f"recipe-{b.name}", seed) for b in BACKBONES]
-        searched = run_search(search_data, folder / "run", seed, args.refit)
+        if source == "hymenoptera":
+            search_data, hand_data = make_image_case(folder, seed)
+            recipes = image_recipes(hand_data, seed)
+            searched = run_search(search_data, folder / "run", seed, args.refit, task="image-cls")
+            n_test = sum(1 for _ in (search_data / "test").rglob("*") if _.is_file())
+            description = "PyTorch tutorial: head-only and full FT, SGD lr 1e-3 momentum 0.9, 10 epochs, batch 4"
+        else:
+            search_data, hand_data = make_case(folder, source, int(rows), args.test_rows, seed)
+            recipes = [recipe_on(b, hand_data, folder / f"recipe-{b.name}", seed) for b in BACKBONES]
+            searched = run_search(search_data, folder / "run", seed, args.refit)
+            n_test = len(pd.read_csv(search_data / "test.tsv", sep="\t"))
+            description = "full fine-tuning, lr 2e-5, 3 epochs, batch 32 (transformers.Trainer)"
         best_recipe = max(recipes, key=lambda r: r["test_accuracy"])
-        n_test = len(pd.read_csv(search_data / "test.tsv", sep="\t"))
         p = best_recipe["test_accuracy"]
         half = 1.96 * math.sqrt(p * (1 - p) / n_test)
         diff = searched["test_accuracy"] - p
         verdict = "win" if diff > half else ("loss" if diff < -half else "tie")
-        case = {"case": spec, "data": source, "rows": int(rows), "seed": seed, "test_rows": n_test, "git": git_state(),
-                "recipe": {"description": "full fine-tuning, lr 2e-5, 3 epochs, batch 32 (transformers.Trainer)",
+        case = {"case": spec, "data": source, "rows": int(rows) if rows.isdigit() else rows, "seed": seed,
+                "test_rows": n_test, "git": git_state(),
+                "recipe": {"description": description,
                            "runs": recipes, "best_backbone": best_recipe["backbone"]},
                 "search": searched, "difference": diff, "test_interval_half_width": half, "verdict": verdict}
         cases.append(case)
