@@ -28,17 +28,18 @@ class Objective(ABC):
     #: what ``--metric`` defaults to
     default_metric: ClassVar[str]
 
+    # ``labels`` is whatever the task's batches carry, on the device: a tensor, or a dict of them
     @abstractmethod
-    def loss(self, logits: "torch.Tensor", labels: "torch.Tensor", *, label_smoothing: float = 0.0,
+    def loss(self, logits: "torch.Tensor", labels: Any, *, label_smoothing: float = 0.0,
              reduction: str = "mean") -> "torch.Tensor":
         """The training loss of a batch (``reduction="sum"`` for evaluation)."""
 
     @abstractmethod
-    def count(self, labels: "torch.Tensor") -> int:
+    def count(self, labels: Any) -> int:
         """How many loss terms a batch holds (the denominator of a summed loss)."""
 
     @abstractmethod
-    def decode(self, logits: "torch.Tensor", labels: "torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, logits: "torch.Tensor", labels: Any) -> tuple[np.ndarray, np.ndarray]:
         """(predictions, truth) of a batch, one entry per example, on the CPU."""
 
     @abstractmethod

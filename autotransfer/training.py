@@ -95,6 +95,17 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def to_device(labels: Any, device: torch.device) -> Any:
+    """A batch's labels on ``device``: a tensor, or a task's structure of them (e.g. tags and sentence ids)."""
+    if isinstance(labels, torch.Tensor):
+        return labels.to(device, non_blocking=True)
+    if isinstance(labels, dict):
+        return {k: to_device(v, device) for k, v in labels.items()}
+    if isinstance(labels, (tuple, list)):
+        return type(labels)(to_device(v, device) for v in labels)
+    return labels
+
+
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -161,7 +172,7 @@ def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size
     loader = task.batches(prepared, split, batch_size * 2, train=False, pin_memory=device.type == "cuda")
     for inputs, labels in loader:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-        labels = labels.to(device, non_blocking=True)
+        labels = to_device(labels, device)
         with _autocast(device, dtype):
             logits = task.logits(model, inputs)
         loss_sum += float(objective.loss(logits, labels, reduction="sum"))
@@ -287,7 +298,7 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
             if step >= total_steps or (should_stop is not None and should_stop()):
                 break
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-            labels = labels.to(device, non_blocking=True)
+            labels = to_device(labels, device)
             with _autocast(device, dtype):
                 logits = task.logits(model, inputs)
             loss = task.objective.loss(logits, labels, label_smoothing=smoothing)
@@ -301,7 +312,7 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
             step += 1
             loss_sum += loss.detach()
             loss_n += 1
-            seen += len(labels)
+            seen += len(next(iter(inputs.values())))
             if step % FINITE_CHECK_EVERY == 0 or step in evals:
                 _check_finite(loss_sum, step)
             if step in evals:

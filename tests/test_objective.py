@@ -99,3 +99,42 @@ def test_an_installed_plugin_task_is_listed_and_imported_on_first_use(tmp_path, 
         assert type(get_task("text-cls")).__name__ == "TextClassification"  # a plugin cannot shadow a built-in
     finally:
         tasks._REGISTRY.pop("plugin-task", None)
+
+
+class _Structured(SingleLabel):
+    """Labels as a dict of tensors, as a token-classification task carries tags and sentence ids."""
+
+    def loss(self, logits, labels, **kw):
+        assert isinstance(labels, dict) and labels["y"].device == logits.device
+        return super().loss(logits, labels["y"], **kw)
+
+    def count(self, labels):
+        return super().count(labels["y"])
+
+    def decode(self, logits, labels):
+        return super().decode(logits, labels["y"])
+
+
+def test_a_task_may_carry_structured_labels_through_training_and_evaluation(text_ctx):
+    import dataclasses
+
+    from autotransfer.tasks.text_cls import TextClassification
+    from autotransfer.training import train
+
+    @register_task
+    class Structured(TextClassification):
+        name = "text-cls-structured-labels"
+        objective = _Structured()
+
+        def batches(self, *args, **kwargs):
+            for inputs, labels in super().batches(*args, **kwargs):
+                yield inputs, {"y": labels}
+
+    try:
+        ctx = dataclasses.replace(text_ctx, task=Structured.name, max_epochs=1, evals_per_epoch=1)
+        reports = []
+        train({"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 1e-3, "batch_size": 16}, ctx,
+              lambda metrics, checkpoint_dir: reports.append(metrics))
+        assert reports and 0.0 <= reports[-1]["accuracy"] <= 1.0 and reports[-1]["samples_per_s"] > 0
+    finally:
+        tasks._REGISTRY.pop(Structured.name)

@@ -19,8 +19,9 @@ from autotransfer.objective import Objective
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 
-#: a batch: model inputs (tensors by name) and integer labels
-Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+#: a batch: model inputs (tensors by name) and labels: a tensor (one class per example) or any structure of
+#: tensors the task's objective reads (e.g. ``{"tags": ..., "sentence": ...}`` for token classification)
+Batch = tuple[dict[str, torch.Tensor], Any]
 
 
 @dataclass
