@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from autotransfer.data import find_split_files
 from autotransfer.errors import UserError
 
 CONLL_SUFFIXES = (".tsv", ".txt", ".conll", ".iob", ".bio")
 JSONL_SUFFIXES = (".jsonl", ".json")
-SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "dev", "valid", "val"), "test": ("test",)}
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
@@ -138,28 +138,13 @@ def read_tagged(path: Path) -> TaggedSentences:
     return read_jsonl(path) if path.suffix.lower() in JSONL_SUFFIXES else read_conll(path)
 
 
-def find_split_files(folder: Path) -> dict[str, Path]:
-    """``train`` / ``validation`` / ``test`` files of a folder (``dev.tsv`` is validation)."""
-    found: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.suffix.lower() not in CONLL_SUFFIXES + JSONL_SUFFIXES:
-            continue
-        for split, names in SPLIT_NAMES.items():
-            if f.stem.lower() in names:
-                if split in found:
-                    raise UserError(f"{folder}: two {split} files ({found[split].name}, {f.name}); keep one")
-                found[split] = f
-    if "train" not in found:
-        raise UserError(f"{folder}: no train file (train.tsv, train.conll, train.jsonl, ...)")
-    return found
-
-
 def read_tagged_splits(data: Path) -> tuple[dict[str, TaggedSentences], dict[str, str]]:
     """Every split given (a file is the train split); checks there are sentences and entities.
 
     Returns the splits and, per split, the file it came from.
     """
-    files = find_split_files(data) if data.is_dir() else {"train": data}
+    files = (find_split_files(data, CONLL_SUFFIXES + JSONL_SUFFIXES, "train.tsv, train.conll or train.jsonl")
+             if data.is_dir() else {"train": data})
     splits = {name: read_tagged(path) for name, path in files.items()}
     for name, sentences in splits.items():
         if not len(sentences):

@@ -8,7 +8,8 @@ labels and the label names, validated once here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Collection, Optional, Sequence
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -16,6 +17,12 @@ from sklearn.model_selection import train_test_split
 from autotransfer.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+#: file (or folder) stems that name each split in a data folder
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
 #: without --val-frac, a carved validation split holds at least this many examples...
 MIN_VALIDATION_ROWS = 300
 #: ...but never more than this share of the data (nor less than DEFAULT_VAL_FRAC)
@@ -34,6 +41,26 @@ def auto_val_frac(total: int) -> float:
     if total <= 0:
         return DEFAULT_VAL_FRAC
     return min(MAX_AUTO_VAL_FRAC, max(DEFAULT_VAL_FRAC, MIN_VALIDATION_ROWS / total))
+
+
+def find_split_files(folder: Path, suffixes: Collection[str], expected: str) -> dict[str, Path]:
+    """Map split name to file in a data folder (``train.csv``, ``dev.tsv``...), for files with ``suffixes``.
+
+    ``expected`` names example train files for the error when there is none.
+    """
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.suffix.lower() not in suffixes:
+            continue
+        stem = f.stem.lower()
+        for split, names in SPLIT_NAMES.items():
+            if stem in names:
+                if split in found:
+                    raise UserError(f"{folder}: two {split} files ({found[split].name}, {f.name}); keep one")
+                found[split] = f
+    if "train" not in found:
+        raise UserError(f"{folder}: no train file (expected {expected})")
+    return found
 
 
 @dataclass

@@ -14,14 +14,10 @@ from typing import Optional
 import pandas as pd
 
 from autotransfer.data import LabeledSplits, Split, encode_labels, split_missing
+from autotransfer.data import find_split_files as find_split_files_with
 from autotransfer.errors import UserError
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".jsonl": None, ".json": None, ".txt": "sniff"}
-SPLIT_NAMES = {
-    "train": ("train", "training"),
-    "validation": ("validation", "valid", "val", "dev"),
-    "test": ("test", "testing"),
-}
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "body", "comment",
                 "message", "utterance", "tweet", "sentence1", "premise", "question", "text_a", "title")
 PAIR_COLUMNS = ("text_pair", "sentence2", "hypothesis", "text_b", "passage", "context")
@@ -126,20 +122,8 @@ def _resolve_columns(df: pd.DataFrame, path: Path, text_col: Optional[str], pair
 
 
 def find_split_files(folder: Path) -> dict[str, Path]:
-    """Map split name to file in a data folder (``train.csv``, ``dev.tsv``...)."""
-    found: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.suffix.lower() not in SUFFIXES:
-            continue
-        stem = f.stem.lower()
-        for split, names in SPLIT_NAMES.items():
-            if stem in names:
-                if split in found:
-                    raise UserError(f"{folder}: two {split} files ({found[split].name}, {f.name}); keep one")
-                found[split] = f
-    if "train" not in found:
-        raise UserError(f"{folder}: no train file (expected train.csv, train.tsv or train.jsonl)")
-    return found
+    """Map split name to a table file in a data folder (``train.csv``, ``dev.tsv``...)."""
+    return find_split_files_with(folder, SUFFIXES, "train.csv, train.tsv or train.jsonl")
 
 
 def load_text_splits(
