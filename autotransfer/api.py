@@ -221,7 +221,7 @@ class _Search:
         space, splits, backbones = self.validate()
         summary = splits.summary()
         self.log(f"data: {len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test "
-                 f"examples, {splits.num_labels} classes")
+                 f"examples, {splits.num_labels} {self.task.objective.noun}")
         prepared, prep = self.task.prepare(list(backbones.values()), splits, s)
         self.log(f"prepared {len(backbones)} backbone(s) with {prep.distinct} distinct preprocessing(s) "
                  f"in {prep.seconds:.1f}s")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from autotransfer.data import find_split_files
+from autotransfer.entities import tag_set
 from autotransfer.errors import UserError
 
 CONLL_SUFFIXES = (".tsv", ".txt", ".conll", ".iob", ".bio")
@@ -138,6 +139,41 @@ def read_tagged(path: Path) -> TaggedSentences:
     return read_jsonl(path) if path.suffix.lower() in JSONL_SUFFIXES else read_conll(path)
 
 
+def read_words(path: Path) -> list[list[str]]:
+    """Sentences of new words to tag: JSON lines with a ``tokens`` list, or one word per line (the first
+    column; any further columns, such as gold tags, are ignored) with a blank line between sentences."""
+    sentences: list[list[str]] = []
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    tokens = json.loads(line).get("tokens")
+                except (json.JSONDecodeError, AttributeError):
+                    tokens = None
+                if not isinstance(tokens, list):
+                    raise UserError(f"{path}:{number}: each line needs a \"tokens\" list")
+                if tokens:
+                    sentences.append([str(t) for t in tokens])
+    else:
+        current: list[str] = []
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                cols = line.split("\t") if "\t" in line else line.split()
+                if not line.strip() or cols[0] == "-DOCSTART-":
+                    if current:
+                        sentences.append(current)
+                    current = []
+                    continue
+                current.append(cols[0].strip())
+        if current:
+            sentences.append(current)
+    if not sentences:
+        raise UserError(f"{path}: no sentences to tag (one word per line, a blank line between sentences)")
+    return sentences
+
+
 def read_tagged_splits(data: Path) -> tuple[dict[str, TaggedSentences], dict[str, str]]:
     """Every split given (a file is the train split); checks there are sentences and entities.
 
@@ -164,4 +200,4 @@ def tag_names(train: TaggedSentences, others: Optional[list[TaggedSentences]] = 
         if unseen:
             raise UserError(f"entity type(s) {', '.join(unseen[:5])} appear outside the training split but never "
                             "in it; add training sentences or drop them")
-    return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+    return tag_set(types)

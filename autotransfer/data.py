@@ -65,7 +65,11 @@ def find_split_files(folder: Path, suffixes: Collection[str], expected: str) -> 
 
 @dataclass
 class Split:
-    """One split: model inputs (texts, image paths...) and integer labels."""
+    """One split: model inputs (texts, image paths, word lists...) and integer labels.
+
+    ``labels`` holds one class id per example, or a row of ids per example (a tag per word,
+    ``-1``-padded to the longest row).
+    """
 
     inputs: list[Any]
     labels: np.ndarray
@@ -107,7 +111,7 @@ class LabeledSplits:
         out: dict[str, Any] = {"label_names": list(self.label_names), "splits": {}}
         for name in SPLITS:
             s = self.split(name)
-            counts = np.bincount(s.labels, minlength=self.num_labels)
+            counts = np.bincount(s.labels[s.labels >= 0].ravel(), minlength=self.num_labels)  # tags: -1 pads
             out["splits"][name] = {
                 "rows": len(s),
                 "class_counts": {self.label_names[i]: int(c) for i, c in enumerate(counts)},
@@ -157,7 +161,7 @@ def _label_sort_key(value: str) -> tuple[int, Any]:
 def split_missing(
     splits: dict[str, Split], val_frac: Optional[float], test_frac: float, seed: int, where: str
 ) -> dict[str, Split]:
-    """Carve missing validation/test splits out of train with a seeded stratified split.
+    """Carve missing validation/test splits out of train with a seeded (stratified, for classes) split.
 
     ``val_frac`` None: :func:`auto_val_frac` of the rows.
     """
@@ -171,19 +175,21 @@ def split_missing(
         train = out["train"]
         if frac <= 0:
             raise UserError(f"{where}: no {name} split was given and --{'val' if name == 'validation' else 'test'}-frac is 0")
-        counts = np.bincount(train.labels)
-        if counts[counts > 0].min() < 2:
-            rare = int(np.flatnonzero((counts > 0) & (counts < 2))[0])
-            raise UserError(
-                f"{where}: class id {rare} has a single example, so a stratified {name} split is impossible; "
-                f"add examples or provide a {name} file"
-            )
-        n_hold = max(int(round(frac * total)), len(np.flatnonzero(counts)))
+        n_hold = max(1, int(round(frac * total)))
+        # one class per example: stratified; a label per word: a plain seeded split (nothing to stratify on)
+        stratify = train.labels if train.labels.ndim == 1 else None
+        if stratify is not None:
+            counts = np.bincount(stratify)
+            if counts[counts > 0].min() < 2:
+                rare = int(np.flatnonzero((counts > 0) & (counts < 2))[0])
+                raise UserError(
+                    f"{where}: class id {rare} has a single example, so a stratified {name} split is impossible; "
+                    f"add examples or provide a {name} file"
+                )
+            n_hold = max(n_hold, len(np.flatnonzero(counts)))
         if n_hold >= len(train):
             raise UserError(f"{where}: too few rows ({len(train)}) to carve out a {name} split")
-        keep, hold = train_test_split(
-            np.arange(len(train)), test_size=n_hold, stratify=train.labels, random_state=seed
-        )
+        keep, hold = train_test_split(np.arange(len(train)), test_size=n_hold, stratify=stratify, random_state=seed)
         out["train"] = train.take(np.sort(keep))
         out[name] = train.take(np.sort(hold))
     return out

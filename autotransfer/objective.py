@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
+from autotransfer.entities import ENTITY_METRICS
+
 if TYPE_CHECKING:
     import torch
 
@@ -27,6 +29,8 @@ class Objective(ABC):
     metrics: ClassVar[tuple[str, ...]]
     #: what ``--metric`` defaults to
     default_metric: ClassVar[str]
+    #: what the labels are called in messages ("classes", "tags")
+    noun: ClassVar[str] = "labels"
 
     # ``labels`` is whatever the task's batches carry, on the device: a tensor, or a dict of them
     @abstractmethod
@@ -58,10 +62,18 @@ class Objective(ABC):
         """The report's plotly figures of the saved test results (``details`` merged into ``test``)."""
         return []
 
+    def feature_rows(self, features: "torch.Tensor", labels: Any) -> tuple[np.ndarray, np.ndarray]:
+        """What a head fitted on frozen features learns from: (rows of features, their class ids).
+
+        ``features`` is what the classifier layer received for a batch, ``labels`` the batch's labels.
+        """
+        return features.float().cpu().numpy(), labels.cpu().numpy()
+
 
 class SingleLabel(Objective):
     """One class per example: cross-entropy, argmax, scikit-learn's classification metrics."""
 
+    noun = "classes"
     metrics = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
                "mcc")
     default_metric = "accuracy"
@@ -94,3 +106,71 @@ class SingleLabel(Objective):
 
         figure = confusion_matrix(test, label_names)
         return [] if figure is None else [figure]
+
+
+#: the label of a position no loss or score reads (PyTorch's ``ignore_index``)
+IGNORE = -100
+
+
+class TokenTagging(Objective):
+    """One tag per word (NER): token-level cross-entropy, entity-level scores (seqeval, strict IOB2).
+
+    A batch holds sub-token *windows*; its labels are a dict of tensors: ``tags`` (the gold tag id at
+    each word's first sub-token, ``-100`` elsewhere), and, in evaluation batches, ``row`` (which of
+    the batch's sentences each window belongs to), ``word`` (the word each position predicts, -1 if
+    none) and ``width`` (an int: the split's longest sentence in words).  Decoded predictions are one
+    row of tag ids per *sentence*, ``-1``-padded to ``width``, so sentences are the examples the
+    bootstrap resamples.  Tag ids follow :func:`autotransfer.entities.tag_set`.
+    """
+
+    metrics = ENTITY_METRICS
+    default_metric = "entity_f1"
+    noun = "tags"
+
+    def loss(self, logits: "torch.Tensor", labels: dict[str, Any], *, label_smoothing: float = 0.0,
+             reduction: str = "mean") -> "torch.Tensor":
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float().flatten(0, -2), labels["tags"].flatten(), ignore_index=IGNORE,
+                               label_smoothing=label_smoothing, reduction=reduction)
+
+    def count(self, labels: dict[str, Any]) -> int:
+        return int((labels["tags"] != IGNORE).sum())
+
+    def decode(self, logits: "torch.Tensor", labels: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        best = logits.argmax(-1).cpu().numpy()
+        tags, word, row = (labels[k].cpu().numpy() for k in ("tags", "word", "row"))
+        y_pred = np.full((int(row.max()) + 1, int(labels["width"])), -1, dtype=np.int64)
+        y_true = y_pred.copy()
+        w, pos = np.nonzero(word >= 0)
+        y_pred[row[w], word[w, pos]] = best[w, pos]
+        y_true[row[w], word[w, pos]] = tags[w, pos]
+        return y_pred, y_true
+
+    def metric_function(self, name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+        from autotransfer.entities import row_scores
+
+        return lambda y_true, y_pred: row_scores(y_true, y_pred)[name]
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+        from autotransfer.entities import row_scores
+
+        return row_scores(y_true, y_pred)
+
+    def details(self, y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+        """Precision, recall, F1 and support per entity type (seqeval's report)."""
+        from autotransfer.entities import per_type, rows_to_tags
+
+        return {"per_entity_type": per_type(rows_to_tags(y_true, label_names, y_true),
+                                            rows_to_tags(y_pred, label_names, y_true))}
+
+    def figures(self, test: dict[str, Any], label_names: list[str]) -> list[Any]:
+        from autotransfer.report import entity_type_scores
+
+        figure = entity_type_scores(test)
+        return [] if figure is None else [figure]
+
+    def feature_rows(self, features: "torch.Tensor", labels: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Only the positions that carry a tag (each word's first sub-token)."""
+        keep = labels["tags"] != IGNORE
+        return features[keep.to(features.device)].float().cpu().numpy(), labels["tags"][keep].cpu().numpy()

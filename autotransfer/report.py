@@ -224,6 +224,21 @@ def confusion_matrix(test: dict[str, Any], label_names: list[str]) -> Optional[g
     return fig
 
 
+def entity_type_scores(test: dict[str, Any]) -> Optional[go.Figure]:
+    """The best tagger's precision/recall/F1 per entity type on the test split (bars), support in the labels."""
+    per_type = test.get("per_entity_type") if test else None
+    if not per_type:
+        return None
+    types = sorted(per_type)
+    names = [f"{_txt(t)} ({per_type[t].get('support', 0)})" for t in types]
+    fig = go.Figure([go.Bar(x=names, y=[per_type[t].get(score, 0.0) for t in types], name=score,
+                            marker_color=PALETTE[i]) for i, score in enumerate(("precision", "recall", "f1-score"))])
+    fig.update_layout(title="Best model on the test split, per entity type (gold entities in brackets)",
+                      yaxis_title="score (strict IOB2 spans)", yaxis_range=[0, 1], height=400, barmode="group",
+                      **_LAYOUT)
+    return fig
+
+
 # ----------------------------------------------------------------------------- page
 def _status(r: TrialRecord) -> str:
     if r.status == STOPPED:

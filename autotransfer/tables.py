@@ -28,6 +28,16 @@ MAX_FIELD_CHARS = 1_000_000
 LABEL_COLUMNS = ("label", "labels", "category", "class", "target", "sentiment", "gold_label", "y")
 
 
+def text_column(df: pd.DataFrame, name: Optional[str], path: Path) -> str:
+    """The column of new texts to predict on: ``name`` if given, else a usual text column name, else the only one."""
+    col = _find_column(df, name, TEXT_COLUMNS, "text", "--text-col", path)
+    if col is None and len(df.columns) == 1:
+        col = df.columns[0]
+    if col is None:
+        raise UserError(f"{path}: no text column found (columns: {', '.join(df.columns)}); pass --text-col")
+    return col
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read one table as strings; errors name the file and what is wrong."""
     suffix = path.suffix.lower()

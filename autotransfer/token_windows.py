@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-IGNORE = -100
+from autotransfer.objective import IGNORE
 
 
 @dataclass
@@ -42,6 +42,24 @@ def tokenize_tagged(tokenizer: Any, sentences: Sequence[Sequence[str]], tags: Op
     """Windows of at most ``max_length`` sub-tokens (special tokens included) for tagged (or new) sentences."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("token classification needs a fast tokenizer (word ids per sub-token)")
+    try:
+        return _windows(tokenizer, sentences, tags, max_length)
+    except _Dropped as dropped:  # e.g. a lone control character: read it as the unknown token, keep its tag
+        unk = getattr(tokenizer, "unk_token", None) or "?"
+        fixed = [list(s) for s in sentences]
+        for sent, word in dropped.words:
+            fixed[sent][word] = unk
+        return _windows(tokenizer, fixed, tags, max_length)
+
+
+class _Dropped(ValueError):
+    def __init__(self, words: list[tuple[int, int]]):
+        super().__init__(f"{len(words)} word(s) produce no sub-token")
+        self.words = words
+
+
+def _windows(tokenizer: Any, sentences: Sequence[Sequence[str]], tags: Optional[Sequence[Sequence[int]]],
+             max_length: int) -> Windows:
     enc = tokenizer([list(s) for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length,
                     return_overflowing_tokens=True, stride=0)
     out = Windows(input_ids=list(enc["input_ids"]), attention_mask=list(enc["attention_mask"]),
@@ -61,11 +79,9 @@ def tokenize_tagged(tokenizer: Any, sentences: Sequence[Sequence[str]], tags: Op
         out.predicts.append(predicts)
         out.labels.append([] if tags is None else
                           [IGNORE if word is None else int(tags[sent][word]) for word in predicts])
-    missing = [i for i, n in enumerate(out.words) if len(seen.get(i, ())) != n]
-    if missing:  # a word the tokenizer dropped entirely (e.g. a lone control character)
-        i = missing[0]
-        raise ValueError(f"sentence {i}: {out.words[i] - len(seen.get(i, ()))} word(s) produce no sub-token "
-                         "with this tokenizer")
+    dropped = [(i, w) for i, n in enumerate(out.words) for w in range(n) if w not in seen.get(i, ())]
+    if dropped:  # a word the tokenizer dropped entirely
+        raise _Dropped(dropped)
     return out
 
 

@@ -39,7 +39,8 @@ from autotransfer.tasks import BackboneInfo, Task, get_task
 Reporter = Callable[[dict[str, Any], Optional[str]], None]
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "trial_state.json"
-#: the validation predictions of the checkpointed model (int32 class ids in split order)
+#: the validation predictions of the checkpointed model: the objective's decoded rows in split order, int32
+#: (a class id per example; a row of tag ids per sentence for a tagger)
 PREDICTIONS_FILE = "val_predictions.npy"
 #: how often (in steps) the loss is checked for NaN/inf between evaluations
 FINITE_CHECK_EVERY = 25
@@ -359,20 +360,23 @@ def _report(model: nn.Module, result: dict[str, Any], preds: np.ndarray, best: f
 @torch.inference_mode()
 def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared: Any, split: str, batch_size: int,
                   device: torch.device, dtype: Optional[torch.dtype]) -> tuple[np.ndarray, np.ndarray]:
-    """What ``classifier`` sees for every example of a split (one forward pass, eval mode, no augmentation)."""
+    """What ``classifier`` sees for every example of a split (one forward pass, eval mode, no augmentation), as
+    the objective's rows of (features, class id)."""
     captured: list[torch.Tensor] = []
-    hook = classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().cpu()))
+    hook = classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     model.eval()
-    labels = []
+    features, labels = [], []
     try:
         for inputs, y in task.batches(prepared, split, batch_size, train=False, pin_memory=device.type == "cuda"):
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             with _autocast(device, dtype):
                 task.logits(model, inputs)
-            labels.append(y.numpy())
+            x, y = task.objective.feature_rows(captured.pop(), y)  # e.g. a tagger keeps the tagged positions
+            features.append(x)
+            labels.append(y)
     finally:
         hook.remove()
-    return torch.cat(captured).numpy(), np.concatenate(labels)
+    return np.concatenate(features), np.concatenate(labels)
 
 
 def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], ctx: TrialContext, task: Task,

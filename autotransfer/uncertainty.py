@@ -20,10 +20,16 @@ LEVEL = 0.95
 
 
 def _bootstrap(data: tuple[np.ndarray, ...], statistic: Callable[..., float], seed: int) -> tuple[float, float]:
+    """Percentile interval of ``statistic(*data)`` over resamples of the examples (rows), all arrays alike.
+
+    The example indices are what is resampled, so an example may be a row of several values (a sentence's
+    tags) and the resample stays paired across ``data``.
+    """
     from scipy.stats import bootstrap
 
-    res = bootstrap(data, statistic, paired=True, vectorized=False, n_resamples=RESAMPLES,
-                    confidence_level=LEVEL, method="percentile", random_state=np.random.default_rng(seed))
+    res = bootstrap((np.arange(len(data[0])),), lambda idx: statistic(*(a[idx] for a in data)), vectorized=False,
+                    n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
+                    random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

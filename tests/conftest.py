@@ -151,6 +151,90 @@ def text_ctx(sentiment_dir, tiny_bert):
                         label_names=splits.label_names, max_epochs=4, evals_per_epoch=2, seed=0)
 
 
+# --------------------------------------------------------------------------- tagged sentences (NER)
+PEOPLE = [["anna", "berg"], ["otto"], ["maria", "lopez"], ["kenji"], ["lena", "fox"], ["ivan", "petrov"]]
+PLACES = [["paris"], ["new", "york"], ["lima"], ["cape", "town"], ["oslo"], ["rio"]]
+VERBS = ["visited", "left", "saw", "loved", "missed", "reached"]
+OTHER = ["the", "a", "city", "today", "again", "quite", "yesterday", "with", "friends", "and", "then", "slowly"]
+
+
+def make_tagged(n: int, seed: int, max_words: int = 12) -> list[list[tuple[str, str]]]:
+    """Sentences "PERSON verb PLACE ..." in shuffled order, tagged in IOB2 (PER, LOC); a few with no entity."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts: list[list[tuple[str, str]]] = [[(w, "O")] for w in rng.choices(OTHER, k=rng.randint(1, 4))]
+        if rng.random() < 0.9:
+            for words, kind in ((rng.choice(PEOPLE), "PER"), (rng.choice(PLACES), "LOC")):
+                parts.append([(w, ("B-" if i == 0 else "I-") + kind) for i, w in enumerate(words)])
+            parts.append([(rng.choice(VERBS), "O")])
+        rng.shuffle(parts)
+        out.append([tok for part in parts for tok in part][:max_words])
+    return out
+
+
+def write_conll(path: Path, sentences: list[list[tuple[str, str]]]) -> Path:
+    path.write_text("\n".join("".join(f"{w}\t{t}\n" for w, t in s) for s in sentences), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ner_dir(tmp_path_factory) -> Path:
+    """train/dev/test CoNLL files of tagged sentences."""
+    d = tmp_path_factory.mktemp("ner")
+    write_conll(d / "train.tsv", make_tagged(240, 1))
+    write_conll(d / "dev.tsv", make_tagged(60, 2))
+    write_conll(d / "test.tsv", make_tagged(60, 3))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) whose WordPiece vocabulary covers the tagged corpus, as a local folder."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator([" ".join(w for w, _ in s) for s in make_tagged(300, 0)], trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("models") / "tiny-tagger"
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(d)
+    fast.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_token_space(tmp_path_factory, tiny_tagger) -> Path:
+    """A token-cls space over the tiny tagger and three strategies, with rates that suit it."""
+    p = tmp_path_factory.mktemp("spaces") / "ner.yaml"
+    p.write_text(textwrap.dedent(f"""\
+        task: token-cls
+        backbones: [{tiny_tagger}]
+        params:
+          batch_size: [16]
+        strategies:
+          linear_probe:
+            C: {{distribution: loguniform, low: 1.0, high: 1.0e+2}}
+          full:
+            lr: {{distribution: loguniform, low: 2.0e-3, high: 6.0e-3}}
+          lora:
+            lr: {{distribution: loguniform, low: 5.0e-3, high: 2.0e-2}}
+            lora_r: [4]
+        """))
+    return p
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the in-process end-to-end tests (autotransfer reuses it)."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 
 from autotransfer.cli import main
-from conftest import make_image_tree, make_sentences, write_tsv
+from conftest import make_image_tree, make_sentences, make_tagged, write_conll, write_tsv
 
 GOOD = make_sentences(60, 9)
+TAGGED = make_tagged(40, 9)
 
 
 def text(tmp, name, content, *, binary=False):
@@ -33,6 +34,18 @@ def split_dir(tmp, train, dev=None, test=None):
 
 def tsv(tmp, rows, header=("sentence", "label")):
     return write_tsv(tmp / "data.tsv", rows, header)
+
+
+def conll(tmp, sentences, **splits):
+    """One CoNLL file, or a folder with a train file and the other ``splits`` given."""
+    if not splits:
+        return write_conll(tmp / "data.conll", sentences)
+    d = tmp / "ner"
+    d.mkdir()
+    write_conll(d / "train.tsv", sentences)
+    for name, rows in splits.items():
+        write_conll(d / f"{name}.tsv", rows)
+    return d
 
 
 def bad_images(tmp):
@@ -105,14 +118,23 @@ CASES = [
     ("storage-uri-unopenable", "text", lambda t: tsv(t, GOOD), ["--storage", "nosuchfs://bucket/runs"],
      "cannot open it"),
     ("negative-max-failures", "text", lambda t: tsv(t, GOOD), ["--max-failures", "-1"], "--max-failures"),
+    ("ner-tag-not-bio", "token", lambda t: conll(t, TAGGED[:5] + [[("anna", "PERSON")]] + TAGGED[5:]), [],
+     "data.conll:"),
+    ("ner-only-o-tags", "token", lambda t: conll(t, [[(w, "O") for w, _ in s] for s in TAGGED]), [],
+     "no entity tags"),
+    ("ner-type-only-in-test", "token", lambda t: conll(t, TAGGED, dev=TAGGED[:5], test=[[("acme", "B-ORG")]]), [],
+     "ORG appear outside the training split"),
+    ("ner-a-table-not-conll", "token", lambda t: tsv(t, GOOD), [], "is not BIO"),
+    ("ner-metric-of-another-task", "token", lambda t: conll(t, TAGGED), ["--metric", "accuracy"],
+     "token-cls has no metric 'accuracy'"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(case, tmp_path, tiny_space, tiny_image_space, capsys):
+def test_bad_input(case, tmp_path, tiny_space, tiny_image_space, tiny_token_space, capsys):
     name, task, build, extra, needle = case
     data = build(tmp_path)
-    space = tiny_space if task == "text" else tiny_image_space
+    space = {"text": tiny_space, "image": tiny_image_space, "token": tiny_token_space}[task]
     out = tmp_path / "run"
     args = [a.replace("FILE", str(data)) for a in extra]
     if "--space" in args:
@@ -123,7 +145,7 @@ def test_bad_input(case, tmp_path, tiny_space, tiny_image_space, capsys):
             (tmp_path / "space.yaml").write_text(args[i][1:])
             args[i] = str(tmp_path / "space.yaml")
     before = sorted(p.name for p in tmp_path.iterdir())
-    argv = ["search", "--task", "text-cls" if task == "text" else "image-cls", "--data", str(data),
+    argv = ["search", "--task", f"{task}-cls", "--data", str(data),
             "--space", str(space), "--output", str(out), "--no-dashboard", *args]
     code = main(argv)
     err = capsys.readouterr().err.strip()

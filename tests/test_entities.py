@@ -36,3 +36,24 @@ def test_perfect_and_mismatched_inputs():
     assert entity_scores(GOLD, GOLD)["entity_f1"] == 1.0
     with pytest.raises(ValueError, match="same sentences"):
         entity_scores(GOLD, PRED[:2])
+
+
+def test_scores_from_rows_of_ids_equal_seqeval_on_the_named_tags():
+    import numpy as np
+
+    from autotransfer.entities import id_tags, row_scores, tag_set
+
+    assert tag_set(["LOC", "PER"]) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    assert id_tags([0, 1, 2, 3, 4]) == ["O", "B-0", "I-0", "B-1", "I-1"]
+    rng = np.random.default_rng(0)
+    gold = np.full((200, 15), -1)
+    pred = gold.copy()
+    for i in range(200):
+        n = int(rng.integers(1, 16))
+        gold[i, :n] = rng.integers(0, 5, n)
+        pred[i, :n] = np.where(rng.random(n) < 0.7, gold[i, :n], rng.integers(0, 5, n))  # invalid I- starts too
+    names = tag_set(["LOC", "PER"])
+    named = lambda rows: [[names[t] for t in row[g >= 0]] for row, g in zip(rows, gold)]  # noqa: E731
+    expected = entity_scores(named(gold), named(pred))
+    assert row_scores(gold, pred) == pytest.approx(expected, abs=1e-12)
+    assert 0.3 < expected["entity_f1"] < 0.9  # a real mix of hits and misses

@@ -44,3 +44,9 @@ def test_predictions_return_to_words_across_windows(wordpiece):
     assert [w.tolist() for w in words] == TAGS
     untagged = tokenize_tagged(wordpiece, SENTENCES, None, max_length=6)  # new sentences, for predict
     assert untagged.predicts == win.predicts and all(lab == [] for lab in untagged.labels)
+
+
+def test_a_word_the_tokenizer_drops_is_read_as_unknown_and_keeps_its_tag(wordpiece):
+    win = tokenize_tagged(wordpiece, [["a", "\x07", "film"]], [[1, 2, 0]], max_length=16)  # a lone control character
+    assert [lab for lab in win.labels[0] if lab != IGNORE] == [1, 2, 0]
+    assert wordpiece.unk_token_id in win.input_ids[0]

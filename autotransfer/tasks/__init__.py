@@ -1,4 +1,4 @@
-"""Tasks registered by name (``text-cls``, ``image-cls``).
+"""Tasks registered by name (``text-cls``, ``image-cls``, ``token-cls``).
 
 A task is one module holding a :class:`Task` subclass decorated with :func:`register_task`.
 The registry knows every task's name without importing its module (so ``--help`` and
@@ -16,7 +16,8 @@ from autotransfer.tasks.base import BackboneInfo, PreparationStats, Task
 
 _REGISTRY: dict[str, type[Task]] = {}
 #: built-in task name -> the module that registers it
-_BUILTIN = {"text-cls": "autotransfer.tasks.text_cls", "image-cls": "autotransfer.tasks.image_cls"}
+_BUILTIN = {"text-cls": "autotransfer.tasks.text_cls", "image-cls": "autotransfer.tasks.image_cls",
+            "token-cls": "autotransfer.tasks.token_cls"}
 ENTRY_POINT_GROUP = "autotransfer.tasks"
 
 

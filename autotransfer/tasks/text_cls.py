@@ -86,27 +86,43 @@ class _Collate:
         s = self.split
         idx_a = np.asarray(idx, dtype=np.int64)
         starts, ends = s.offsets[idx_a], s.offsets[idx_a + 1]
-        lens = ends - starts
-        width = int(lens.max())
-        mask = np.arange(width)[None, :] < lens[:, None]
-        ids = np.full((len(idx_a), width), self.data.pad_id, dtype=np.int64)
-        ids[mask] = np.concatenate([s.ids[a:b] for a, b in zip(starts, ends)])
+        ids, mask = pad_rows(s.ids, starts, ends, self.data.pad_id)
         inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
         if s.type_ids is not None and "token_type_ids" in self.data.input_names:
-            tt = np.zeros((len(idx_a), width), dtype=np.int64)
-            tt[mask] = np.concatenate([s.type_ids[a:b] for a, b in zip(starts, ends)])
-            inputs["token_type_ids"] = torch.from_numpy(tt)
+            inputs["token_type_ids"] = torch.from_numpy(pad_rows(s.type_ids, starts, ends, 0)[0])
         return inputs, torch.from_numpy(s.labels[idx_a])
 
 
-def _length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+def pad_rows(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``flat[starts[i]:ends[i]]`` padded with ``pad`` to the longest (int64), and the mask of real entries."""
+    lens = ends - starts
+    mask = np.arange(int(lens.max()))[None, :] < lens[:, None]
+    out = np.full(mask.shape, pad, dtype=np.int64)
+    out[mask] = np.concatenate([flat[a:b] for a, b in zip(starts, ends)])
+    return out, mask
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
     order = np.argsort(lengths, kind="stable")
     return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def _tokenizer_fingerprint(tokenizer: Any) -> str:
+def window_length(requested: Optional[int], cap: int, train_lengths: np.ndarray) -> int:
+    """The max length in tokens: ``--max-length`` if given, else the :data:`LENGTH_PERCENTILE` of the training
+    rows' lengths rounded up to a multiple of 8; never above the model's own limit ``cap``."""
+    if requested:
+        return min(int(requested), cap)
+    return min(cap, max(8, int(math.ceil(np.percentile(train_lengths, LENGTH_PERCENTILE) / 8) * 8)))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # truncation and padding are call-time settings a saved tokenizer may carry; they do not change the ids
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = repr(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps({"cls": type(tokenizer).__name__, "lower": getattr(tokenizer, "do_lower_case", None)})
     return hashlib.sha1((text + extra).encode("utf-8")).hexdigest()[:16]
 
@@ -140,6 +156,13 @@ def _model_max_length(tokenizer: Any, config: Any) -> int:
 class TextClassification(Task):
     name = "text-cls"
     objective = SingleLabel()
+    #: the transformers auto class that puts this task's head on a backbone
+    auto_model = "AutoModelForSequenceClassification"
+
+    def _auto_model(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.auto_model)
 
     # ------------------------------------------------------------------ data
     def load_data(self, settings: Any) -> LabeledSplits:
@@ -149,7 +172,7 @@ class TextClassification(Task):
 
     # ------------------------------------------------------------- backbones
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         quiet_transformers()
         folder = local_folder(name)
@@ -167,12 +190,12 @@ class TextClassification(Task):
             raise UserError(offline_hint(name, exc)) from None
         # the layout is read from a weightless skeleton: no download, no memory
         with torch.device("meta"):
-            skeleton = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust)
+            skeleton = self._auto_model().from_config(config, trust_remote_code=trust)
         list_name = find_block_list(skeleton)
         num_layers = len(skeleton.get_submodule(list_name)) if list_name else 0
         return BackboneInfo(
             name=name, source=source, num_layers=num_layers,
-            preprocessing=_tokenizer_fingerprint(tokenizer),
+            preprocessing=tokenizer_fingerprint(tokenizer),
             details={"model_type": getattr(config, "model_type", "?"), "max_length": _model_max_length(tokenizer, config)},
         )
 
@@ -197,12 +220,8 @@ class TextClassification(Task):
                 lengths_of[fp] = {name: self._tokenize(tokenizer, splits.split(name), None) for name in SPLITS}
                 stats.runs += 1
             full = lengths_of[fp]
-            cap = int(bb.details.get("max_length", 512))
-            if settings.max_length:
-                max_len = min(int(settings.max_length), cap)
-            else:
-                train_lens = np.fromiter((len(r) for r in full["train"]), dtype=np.int64)
-                max_len = min(cap, max(8, int(math.ceil(np.percentile(train_lens, LENGTH_PERCENTILE) / 8) * 8)))
+            max_len = window_length(settings.max_length, int(bb.details.get("max_length", 512)),
+                                    np.fromiter((len(r) for r in full["train"]), dtype=np.int64))
             key = (fp, max_len)
             if key not in cache:
                 longest = max(len(r) for rows in full.values() for r in rows)
@@ -265,7 +284,7 @@ class TextClassification(Task):
 
     # ----------------------------------------------------------------- model
     def build(self, backbone: BackboneInfo, label_names: list[str], settings: Mapping[str, Any]) -> ModelBundle:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoConfig
 
         quiet_transformers()
         trust = bool(settings.get("trust_remote_code", False))
@@ -274,7 +293,7 @@ class TextClassification(Task):
                                             label2id={v: k for k, v in id2label.items()}, trust_remote_code=trust)
         if config.pad_token_id is None and getattr(config, "eos_token_id", None) is not None:
             config.pad_token_id = config.eos_token_id
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = self._auto_model().from_pretrained(
             backbone.source, config=config, output_loading_info=True, dtype=torch.float32, trust_remote_code=trust)
         named = dict(model.named_parameters())
         fresh = set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())}
@@ -306,7 +325,7 @@ class TextClassification(Task):
             return DataLoader(range(len(data)), batch_size=batch_size, shuffle=True, generator=gen,
                               collate_fn=collate, pin_memory=pin_memory)
         # evaluation: similar lengths together, so batches pad little
-        return DataLoader(range(len(data)), batch_sampler=_length_sorted_batches(data.lengths, batch_size),
+        return DataLoader(range(len(data)), batch_sampler=length_sorted_batches(data.lengths, batch_size),
                           collate_fn=collate, pin_memory=pin_memory)
 
     def num_examples(self, prepared: TokenizedData, split: str) -> int:
@@ -338,18 +357,11 @@ class TextClassification(Task):
     def predict(self, model_dir: Path, data: Path, settings: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         from transformers import pipeline
 
-        from autotransfer.tables import TEXT_COLUMNS, read_table
+        from autotransfer.tables import read_table, text_column
 
         quiet_transformers()
         df = read_table(data)
-        col = settings.get("text_col")
-        if col is None:
-            lower = {c.lower(): c for c in df.columns}
-            col = next((lower[c] for c in TEXT_COLUMNS if c in lower), None)
-            if col is None and len(df.columns) == 1:
-                col = df.columns[0]
-        if col is None or col not in df.columns:
-            raise UserError(f"{data}: no text column found (columns: {', '.join(df.columns)}); pass --text-col")
+        col = text_column(df, settings.get("text_col"), data)
         clf = pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), device=-1)
         texts = df[col].astype(str).tolist()
         bs = int(settings.get("batch_size", 32))

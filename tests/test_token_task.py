@@ -1,0 +1,109 @@
+"""token-cls without Ray: data in, windows, sentence-level decoding, a head fitted on word features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autotransfer.entities import ENTITY_METRICS
+from autotransfer.objective import IGNORE
+from autotransfer.tasks import get_task
+from autotransfer.training import TrialContext, train
+from autotransfer.uncertainty import intervals
+from conftest import make_tagged, write_conll
+
+TASK = get_task("token-cls")
+
+
+class _S:
+    val_frac = None
+    test_frac = 0.1
+    seed = 0
+    trust_remote_code = False
+    max_length = None
+
+    def __init__(self, data, **kw):
+        self.data = data
+        self.__dict__.update(kw)
+
+
+def _prepared(data, backbone, **kw):
+    splits = TASK.load_data(_S(data, **kw))
+    info = TASK.describe_backbone(str(backbone), _S(data, **kw))
+    prepared, stats = TASK.prepare([info], splits, _S(data, **kw))
+    return splits, info, prepared[info.name], stats
+
+
+def test_a_conll_folder_becomes_rows_of_tag_ids_per_sentence(ner_dir):
+    splits = TASK.load_data(_S(ner_dir))
+    assert splits.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (240, 60, 60)
+    first = make_tagged(240, 1)[0]
+    row = splits.train.labels[0]
+    assert [splits.label_names[i] for i in row[row >= 0]] == [t for _, t in first]
+    assert splits.train.inputs[0] == [w for w, _ in first]
+    assert (row[len(first):] == -1).all()  # padding past the sentence
+    counts = splits.summary()["splits"]["train"]["class_counts"]
+    assert counts["B-PER"] == sum(t == "B-PER" for s in make_tagged(240, 1) for _, t in s)
+
+
+def test_a_single_file_is_split_by_sentence_with_the_seed(tmp_path):
+    path = write_conll(tmp_path / "all.conll", make_tagged(400, 5))
+    a = TASK.load_data(_S(path))
+    b = TASK.load_data(_S(path))
+    assert len(a.validation) == 100 and len(a.test) == 40  # 300 sentences or a quarter; --test-frac 0.1
+    assert len(a.train) + len(a.validation) + len(a.test) == 400
+    assert a.validation.inputs == b.validation.inputs
+    assert TASK.load_data(_S(path, seed=1)).validation.inputs != a.validation.inputs
+
+
+def test_long_sentences_become_windows_and_every_word_is_scored_once(ner_dir, tiny_tagger):
+    splits, _, data, _ = _prepared(ner_dir, tiny_tagger, max_length=8)
+    val = data.splits["validation"]
+    assert val.windows > val.sentences  # sentences of up to 12 words do not fit 8 sub-tokens
+    words = int((splits.validation.labels >= 0).sum())
+    assert int((val.tags != IGNORE).sum()) == words == int((val.word >= 0).sum())
+    # decoding the gold tags as if a model had predicted them gives the gold rows back, whole sentences
+    objective = TASK.objective
+    loader = TASK.batches(data, "validation", 4, train=False)
+    rows, order = [], []
+    for (inputs, labels), idx in zip(loader, loader.batch_sampler):
+        assert inputs["input_ids"].shape[1] <= 8
+        logits = torch.nn.functional.one_hot(labels["tags"].clamp(min=0), len(splits.label_names)).float()
+        pred, true = objective.decode(logits, labels)
+        assert (pred == true).all() and len(pred) == len(idx)
+        rows.append(true)
+        order.extend(idx)
+    gold = np.empty_like(splits.validation.labels)
+    gold[order] = np.concatenate(rows)
+    assert (gold == TASK.labels(data, "validation")).all()
+    assert objective.score(gold, gold)["entity_f1"] == 1.0
+
+
+def test_the_tagger_trains_and_scores_entities(ner_dir, tiny_tagger):
+    splits, info, data, _ = _prepared(ner_dir, tiny_tagger)
+    ctx = TrialContext(task="token-cls", backbones={info.name: info}, prepared={info.name: data},
+                       label_names=splits.label_names, metric="entity_f1", max_epochs=3, evals_per_epoch=1)
+    reports = []
+    probe = train({"backbone": info.name, "strategy": "linear_probe", "C": 10.0, "batch_size": 16}, ctx,
+                  lambda m, c: reports.append(m))
+    assert set(ENTITY_METRICS) <= set(probe)
+    assert probe["entity_f1"] > 0.5, probe  # word identity is enough to find these names and places
+    full = []
+    train({"backbone": info.name, "strategy": "full", "lr": 5e-3, "head_lr": 5e-3, "batch_size": 16}, ctx,
+          lambda m, c: full.append(m))
+    assert full[-1]["val_loss"] < full[0]["val_loss"] and full[-1]["entity_f1"] > 0.5, full
+
+
+def test_intervals_resample_whole_sentences():
+    rng = np.random.default_rng(0)
+    gold = np.full((80, 6), -1)
+    gold[:, :4] = rng.choice([0, 0, 1, 2, 3], size=(80, 4))
+    noisy = gold.copy()
+    noisy[:40, 0] = np.where(noisy[:40, 0] == 1, 0, noisy[:40, 0])  # misses some entities in half the sentences
+    score = TASK.objective.metric_function("entity_f1")
+    found = intervals(gold, {"a": gold, "b": noisy}, "a", score)
+    assert found["a"]["interval"] == [1.0, 1.0]
+    low, high = found["b"]["interval"]
+    assert low < score(gold, noisy) < high <= 1.0
