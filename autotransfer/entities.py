@@ -33,6 +33,13 @@ def id_tags(ids: Iterable[int]) -> list[str]:
     return ["O" if i == 0 else f"{'B' if i % 2 else 'I'}-{(i - 1) // 2}" for i in ids]
 
 
+def spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The entities of one sentence's IOB2 tags as (type, first word, end word exclusive), strict IOB2."""
+    from seqeval.scheme import IOB2, Entities
+
+    return [(e.tag, e.start, e.end) for e in Entities([list(tags)], IOB2).entities[0]]
+
+
 def entity_scores(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]]) -> dict[str, float]:
     """Micro entity F1 / precision / recall (strict IOB2) and token accuracy over sentences of tags."""
     from seqeval.metrics import f1_score, precision_score, recall_score

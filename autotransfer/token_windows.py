@@ -1,4 +1,4 @@
-"""Words with tags -> sub-token windows a model reads, and the model's sub-token scores -> one tag per word.
+"""Words with tags -> sub-token windows a model reads, and the model's sub-token scores -> scores per word.
 
 Words are tokenized with ``is_split_into_words``; the first sub-token of each word carries
 its tag and every other position is ignored by the loss (``-100``, PyTorch's
@@ -85,13 +85,14 @@ def _windows(tokenizer: Any, sentences: Sequence[Sequence[str]], tags: Optional[
     return out
 
 
-def words_from_windows(windows: Windows, scores: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Per sentence, the argmax tag id of each word, read at its first sub-token (``scores[w]``: window ``w``'s
-    ``(positions, tags)`` scores, padding allowed past the window's length)."""
-    out = [np.full(n, -1, dtype=np.int64) for n in windows.words]
+def word_scores(windows: Windows, scores: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per sentence, a ``(words, tags)`` array: each word's scores read at its first sub-token (``scores[w]``:
+    window ``w``'s ``(positions, tags)`` scores, padding allowed past the window's length)."""
+    tags = np.asarray(scores[0]).shape[-1] if len(scores) else 0
+    out = [np.zeros((n, tags), dtype=np.float32) for n in windows.words]
     for w, predicts in enumerate(windows.predicts):
-        best = np.asarray(scores[w]).argmax(-1)
+        window = np.asarray(scores[w])
         for pos, word in enumerate(predicts):
             if word is not None:
-                out[windows.sentence[w]][word] = int(best[pos])
+                out[windows.sentence[w]][word] = window[pos]
     return out

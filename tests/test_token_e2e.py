@@ -35,24 +35,25 @@ def test_every_strategy_ran_and_the_ranking_is_on_entity_f1(run):
 
 def test_the_exported_tagger_reproduces_the_winning_validation_score(run, ner_dir):
     rows = list(predict_rows(run.best_dir, ner_dir / "dev.tsv"))
-    predicted: list[list[str]] = []
-    for row in rows:
-        if row["word"] == 0:
-            predicted.append([])
-        predicted[-1].append(row["prediction"])
+    predicted = [row["tags"].split() for row in rows]
     gold = [[line.split("\t")[1] for line in block.splitlines()]
             for block in (ner_dir / "dev.tsv").read_text().strip().split("\n\n")]
     assert entity_scores(gold, predicted)["entity_f1"] == pytest.approx(run.best.best_metric, abs=1e-9)
 
 
-def test_the_exported_folder_is_a_transformers_tagger(run, tmp_path):
+def test_the_exported_folder_is_a_transformers_tagger(run, ner_dir, tmp_path):
     from transformers import pipeline
 
-    tagger = pipeline("token-classification", model=str(run.best_dir), aggregation_strategy="first", device=-1)
+    tagger = pipeline("token-classification", model=str(run.best_dir), aggregation_strategy="simple", device=-1)
     found = tagger("anna berg visited new york yesterday")
     assert {e["entity_group"] for e in found} <= {"PER", "LOC"} and found
     table = tmp_path / "new.csv"
     table.write_text("text\nmaria lopez left paris again\n")
     [row] = predict_rows(run.best_dir, table)
+    rows = list(predict_rows(run.best_dir, ner_dir / "test.tsv"))
     entities = json.loads(row["entities"])
     assert any(e["type"] == "PER" and e["text"] == "maria lopez" for e in entities), entities
+    first = rows[0]
+    found = json.loads(first["entities"])
+    assert all(" ".join(first["text"].split()[e["start"]:e["end"]]) == e["text"] for e in found)
+    assert [e["type"] for e in found] == [t[2:] for t in first["tags"].split() if t.startswith("B-")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autotransfer.token_windows import IGNORE, tokenize_tagged, words_from_windows
+from autotransfer.token_windows import IGNORE, tokenize_tagged, word_scores
 
 SENTENCES = [["a", "great", "film"], ["the", "plot", "was", "dull", "and", "the", "acting", "was", "awful", "too"]]
 TAGS = [[0, 1, 2], [0, 1, 2, 0, 0, 3, 4, 0, 0, 1]]
@@ -40,8 +40,8 @@ def test_predictions_return_to_words_across_windows(wordpiece):
         for pos, lab in enumerate(labels):
             s[pos, lab if lab != IGNORE else 0] = 1.0
         scores.append(s)
-    words = words_from_windows(win, scores)
-    assert [w.tolist() for w in words] == TAGS
+    words = word_scores(win, scores)
+    assert [w.argmax(-1).tolist() for w in words] == TAGS
     untagged = tokenize_tagged(wordpiece, SENTENCES, None, max_length=6)  # new sentences, for predict
     assert untagged.predicts == win.predicts and all(lab == [] for lab in untagged.labels)
 

@@ -33,7 +33,7 @@ from autotransfer.tasks import register_task
 from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats
 from autotransfer.tasks.text_cls import (TextClassification, length_sorted_batches, pad_rows, quiet_transformers,
                                          window_length)
-from autotransfer.token_windows import Windows, tokenize_tagged, words_from_windows
+from autotransfer.token_windows import Windows, tokenize_tagged, word_scores
 
 
 @dataclass
@@ -237,35 +237,43 @@ class TokenClassification(TextClassification):
         word_tokenizer(backbone.source).save_pretrained(out)
 
     def predict(self, model_dir: Path, data: Path, settings: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-        """Tagged words for word-per-line files (CoNLL; a tag column, if any, is ignored) or ``{"tokens": ...}``
-        lines; entity spans (the ``token-classification`` pipeline, ``aggregation_strategy="first"``) for a
-        table with a text column."""
+        """One row per sentence with the entities found (type, text, start, end, score).
+
+        Words one per line (CoNLL; a tag column, if any, is ignored) or ``{"tokens": [...]}`` lines: the
+        tag of every word too, and ``start``/``end`` are word positions (end exclusive).  A table with a
+        text column: the ``token-classification`` pipeline (``aggregation_strategy="first"``), and
+        ``start``/``end`` are character offsets in the text."""
         quiet_transformers()
         if _is_table(data, settings.get("text_col")):
             yield from self._predict_texts(model_dir, data, settings)
             return
         from transformers import AutoModelForTokenClassification
 
+        from autotransfer.entities import spans
+
         sentences = read_words(data)
         tokenizer = word_tokenizer(str(model_dir))
         model = AutoModelForTokenClassification.from_pretrained(str(model_dir)).eval()
         names = model.config.id2label
-        limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), model.config.max_position_embeddings)
+        limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512),
+                    int(getattr(model.config, "max_position_embeddings", 512) or 512))
         windows = tokenize_tagged(tokenizer, sentences, None, limit)
         bs = int(settings.get("batch_size", 32))
-        scores = []
+        probs = []
         with torch.inference_mode():
             for at in range(0, len(windows), bs):
-                rows = windows.input_ids[at:at + bs]
-                width = max(map(len, rows))
-                ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for i, r in enumerate(rows):
-                    ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-                scores.extend(model(input_ids=ids, attention_mask=mask).logits.numpy())
-        for s, (tokens, tags) in enumerate(zip(sentences, words_from_windows(windows, scores))):
-            for w, (token, tag) in enumerate(zip(tokens, tags)):
-                yield {"sentence": s, "word": w, "token": token, "prediction": names[int(tag)]}
+                starts = np.cumsum([0] + [len(r) for r in windows.input_ids[at:at + bs]])
+                flat = np.concatenate(windows.input_ids[at:at + bs])
+                ids, mask = pad_rows(flat, starts[:-1], starts[1:], tokenizer.pad_token_id or 0)
+                logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)))
+                probs.extend(logits.logits.float().softmax(-1).numpy())
+        for s, (tokens, scores) in enumerate(zip(sentences, word_scores(windows, probs))):
+            tags = [names[int(i)] for i in scores.argmax(-1)]
+            best = scores.max(-1)
+            entities = [{"type": kind, "text": " ".join(tokens[a:b]), "start": a, "end": b,
+                         "score": round(float(best[a:b].mean()), 4)} for kind, a, b in spans(tags)]
+            yield {"sentence": s, "text": " ".join(tokens), "tags": " ".join(tags),
+                   "entities": json.dumps(entities, ensure_ascii=False)}
 
     @staticmethod
     def _predict_texts(model_dir: Path, data: Path, settings: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
