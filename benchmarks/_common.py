@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+# measure the code of the repository this script sits in (the commit git_state records), not whatever
+# checkout pip's editable install points at: this process, the CLI subprocesses and Ray's workers
+sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def machine() -> dict:

@@ -106,3 +106,21 @@ def test_intervals_resample_whole_sentences():
     assert found["a"]["interval"] == [1.0, 1.0]
     low, high = found["b"]["interval"]
     assert low < score(gold, noisy) < high <= 1.0
+
+
+def test_refit_data_joins_train_and_validation_sentence_by_sentence(ner_dir, tiny_tagger):
+    splits, _, data, _ = _prepared(ner_dir, tiny_tagger, max_length=8)
+    joined = TASK.with_train(data, ("train", "validation"))
+    train, val, both = data.splits["train"], data.splits["validation"], joined.splits["train"]
+    assert (both.sentences, both.windows) == (train.sentences + val.sentences, train.windows + val.windows)
+    # the joined split decodes to the two splits' gold rows, one after the other
+    width = both.gold.shape[1]
+    pad = lambda g: np.pad(g, ((0, 0), (0, width - g.shape[1])), constant_values=-1)  # noqa: E731
+    assert (both.gold == np.concatenate([pad(train.gold), pad(val.gold)])).all()
+    loader = TASK.batches(joined, "train", 7, train=False)
+    rows = {}
+    for (_, labels), idx in zip(loader, loader.batch_sampler):
+        logits = torch.nn.functional.one_hot(labels["tags"].clamp(min=0), len(splits.label_names)).float()
+        for i, row in zip(idx, TASK.objective.decode(logits, labels)[1]):
+            rows[i] = row
+    assert (np.stack([rows[i] for i in range(both.sentences)]) == both.gold).all()
