@@ -41,3 +41,19 @@ def git_state() -> dict:
 
     changed = git("status", "--porcelain", "--", "autotransfer", "search_spaces", "benchmarks/*.py")
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": changed.splitlines()}
+
+
+def provenance(packages: tuple[str, ...] = ("torch", "transformers", "timm", "ray", "optuna", "scikit-learn")) -> dict:
+    """What every benchmark JSON records: date, command line, commit (and dirty flag), machine, library versions."""
+    import importlib.metadata as md
+    from datetime import datetime, timezone
+
+    versions = {}
+    for p in packages:
+        try:
+            versions[p] = md.version(p)
+        except md.PackageNotFoundError:
+            versions[p] = None
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git": git_state(), "machine": machine(),
+            "versions": versions}

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -173,7 +173,7 @@ def main() -> None:
     prep = result.stats.get("preparation") or {}
     out = {
         "benchmark": "image_cls",
-        "machine": machine(),
+        **provenance(),
         "data": {"source": "hymenoptera", "train": "80% of hymenoptera/train", "validation": "20% of hymenoptera/train",
                  "test": "hymenoptera/val (153)"},
         "recipe": {"description": "PyTorch transfer-learning tutorial: SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), "

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -105,7 +105,6 @@ def main() -> None:
     if not SST2.is_dir() or not all(b.is_dir() for b in BACKBONES):
         sys.exit(f"needs {SST2} and {', '.join(map(str, BACKBONES))}")
 
-    import torch
     import transformers
 
     import autotransfer
@@ -131,9 +130,7 @@ def main() -> None:
     same = next(r for r in recipes if r["backbone"] == Path(best.backbone).name)
     out = {
         "benchmark": "text_cls",
-        "machine": machine(),
-        "versions": {"autotransfer": autotransfer.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        **provenance(),
         "data": {"train_rows": args.train_rows, "validation_rows": 872, "test_rows": 1821, "source": "SST-2"},
         "recipe": {"description": "full fine-tuning, lr 2e-5, 3 epochs, batch 32 (transformers.Trainer)",
                    "runs": recipes},
