@@ -31,6 +31,9 @@ examples:
   autotransfer search --task image-cls --data ../shared/data/hymenoptera \\
       --space search_spaces/image-cls-local.yaml --num-samples 8
 
+  # named entities: CoNLL files (token<TAB>tag, IOB2) in a train/dev/test folder, ranked on entity F1
+  autotransfer search --task token-cls --data conll/ --space search_spaces/token-cls-local.yaml
+
   # only LoRA and full fine-tuning, 30 minutes at most
   autotransfer search --task text-cls --data data/ --strategies lora,full --time-budget 1800
 
@@ -49,7 +52,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("what to search")
     g.add_argument("--task", required=True, choices=task_names())
     g.add_argument("--data", required=True, type=Path,
-                   help="a CSV/TSV/JSONL file, or a folder with train/validation(dev)/test files")
+                   help="a CSV/TSV/JSONL file (token-cls: CoNLL or JSONL of tokens and tags), or a folder with "
+                        "train/validation(dev)/test files")
     g.add_argument("--space", type=Path, help="search space YAML (default: search_spaces/<task>.yaml)")
     g.add_argument("--backbones", help="comma-separated backbones replacing the space's (hub ids or folders)")
     g.add_argument("--strategies", help="comma-separated subset: linear_probe,freeze,full,lora")
@@ -118,7 +122,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                               "--output predictions.csv", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="a folder exported by `search` (<run>/best)")
     p.add_argument("--data", required=True, type=Path,
-                   help="text: CSV/TSV/JSONL with a text column; images: a folder, or a CSV of image paths")
+                   help="text: CSV/TSV/JSONL with a text column; images: a folder, or a CSV of image paths; "
+                        "token-cls: words one per line (CoNLL) or {\"tokens\": [...]} lines, or a table of texts")
     p.add_argument("--text-col", help="text column (default: detected)")
     p.add_argument("--image-col", help="image path column of a CSV (default: detected)")
     p.add_argument("--output", type=Path, help="where to write predictions (default: stdout as CSV)")
