@@ -36,13 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, machine  # noqa: E402
+from _common import git_state, provenance  # noqa: E402
 from text_cls import BACKBONES, recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,16 +208,10 @@ def _refit_summary(cases: list[dict]) -> dict:
 
 
 def write(path: Path, cases: list[dict], done: bool) -> None:
-    import importlib.metadata as md
-
     counts = {v: sum(1 for c in cases if c["verdict"] == v) for v in ("win", "tie", "loss")}
     out = {
         "benchmark": "robustness",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "git": git_state(),
-        "machine": machine(),
-        "versions": {p: md.version(p) for p in ("torch", "transformers", "ray", "optuna", "scikit-learn")},
+        **provenance(("torch", "transformers", "ray", "optuna", "scikit-learn")),
         "complete": done,
         "cases": cases,
         "summary": {**counts, "mean_difference": sum(c["difference"] for c in cases) / max(1, len(cases)),

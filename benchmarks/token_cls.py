@@ -21,18 +21,16 @@ entity-level micro F1, strict IOB2 (seqeval), the same function on both sides.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import json
 import random
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, machine  # noqa: E402
+from _common import provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONLL = REPO.parent / "shared" / "data" / "conll2003"
@@ -149,11 +147,7 @@ def main() -> None:
     recipe_wall = sum(r["wall_s"] for r in recipes)
     out = {
         "benchmark": "token_cls",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "git": git_state(),
-        "machine": machine(),
-        "versions": {p: md.version(p) for p in ("torch", "transformers", "ray", "optuna", "seqeval")},
+        **provenance(("torch", "transformers", "ray", "optuna", "seqeval")),
         "data": {"source": "CoNLL-2003", "train_sentences": args.train_sentences, "validation_sentences": 3250,
                  "test_sentences": 3453, "seed": args.seed},
         "recipe": {"description": "full fine-tuning, lr 5e-5, 3 epochs, batch 16 (transformers.Trainer)",

@@ -58,17 +58,17 @@ def sentiment_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def wordpiece(tmp_path_factory):
-    """A BertTokenizerFast whose WordPiece vocabulary is trained on the fixture corpus."""
+def train_wordpiece(texts: list[str], vocab_size: int):
+    """A lowercasing BertTokenizerFast whose WordPiece vocabulary is trained on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok.train_from_iterator([t for t, _ in make_sentences(400, 0)], trainer)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator(texts, trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
@@ -77,19 +77,29 @@ def wordpiece(tmp_path_factory):
                              sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, wordpiece) -> Path:
-    """A 2-layer BERT (hidden 32) saved as a local Hugging Face folder."""
+def save_tiny_bert(folder: Path, tokenizer, seed: int) -> Path:
+    """A 2-layer BERT (hidden 32, random weights) with ``tokenizer``, saved as a local Hugging Face folder."""
     import torch
     from transformers import BertConfig, BertModel
 
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("models") / "tiny-bert"
-    config = BertConfig(vocab_size=len(wordpiece), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(d)
-    wordpiece.save_pretrained(d)
-    return d
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def wordpiece(tmp_path_factory):
+    """A BertTokenizerFast whose WordPiece vocabulary is trained on the fixture corpus."""
+    return train_wordpiece([t for t, _ in make_sentences(400, 0)], 200)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, wordpiece) -> Path:
+    """A 2-layer BERT (hidden 32) saved as a local Hugging Face folder."""
+    return save_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert", wordpiece, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -191,27 +201,8 @@ def ner_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tagger(tmp_path_factory) -> Path:
     """A 2-layer BERT (hidden 32) whose WordPiece vocabulary covers the tagged corpus, as a local folder."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok.train_from_iterator([" ".join(w for w, _ in s) for s in make_tagged(300, 0)], trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("models") / "tiny-tagger"
-    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(d)
-    fast.save_pretrained(d)
-    return d
+    tokenizer = train_wordpiece([" ".join(w for w, _ in s) for s in make_tagged(300, 0)], 120)
+    return save_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-tagger", tokenizer, seed=0)
 
 
 @pytest.fixture(scope="session")

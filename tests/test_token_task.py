@@ -124,3 +124,14 @@ def test_refit_data_joins_train_and_validation_sentence_by_sentence(ner_dir, tin
         for i, row in zip(idx, TASK.objective.decode(logits, labels)[1]):
             rows[i] = row
     assert (np.stack([rows[i] for i in range(both.sentences)]) == both.gold).all()
+
+
+def test_backbones_sharing_a_tokenizer_share_one_preparation(ner_dir, tiny_tagger, tmp_path):
+    import shutil
+
+    twin = shutil.copytree(tiny_tagger, tmp_path / "twin")
+    splits = TASK.load_data(_S(ner_dir))
+    infos = [TASK.describe_backbone(str(p), _S(ner_dir)) for p in (tiny_tagger, twin)]
+    prepared, stats = TASK.prepare(infos, splits, _S(ner_dir))
+    assert (stats.distinct, stats.runs) == (1, 1)
+    assert prepared[infos[0].name] is prepared[infos[1].name]

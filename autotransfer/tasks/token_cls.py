@@ -167,13 +167,17 @@ class TokenClassification(TextClassification):
         stats = PreparationStats()
         start = time.perf_counter()
         cache: dict[tuple[str, int], WindowData] = {}
+        #: the training split at the model's limit, per (tokenizer, limit): its lengths set the max length
+        at_cap: dict[tuple[str, int], Windows] = {}
         out: dict[str, Any] = {}
         for bb in backbones:
             tokenizer = word_tokenizer(bb.source, bool(getattr(settings, "trust_remote_code", False)))
             cap = int(bb.details.get("max_length", 512))
             encode = lambda split, length: tokenize_tagged(  # noqa: E731
                 tokenizer, split.inputs, [row[row >= 0] for row in split.labels], length)
-            whole = encode(splits.train, cap)  # at the model's limit: (nearly) one window per sentence
+            if (bb.preprocessing, cap) not in at_cap:  # (nearly) one window per sentence
+                at_cap[bb.preprocessing, cap] = encode(splits.train, cap)
+            whole = at_cap[bb.preprocessing, cap]
             lengths = np.fromiter((len(r) for r in whole.input_ids), dtype=np.int64)
             max_len = window_length(settings.max_length, cap, lengths)
             key = (bb.preprocessing, max_len)
