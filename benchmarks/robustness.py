@@ -21,6 +21,7 @@ writes JSON with every case.
     python benchmarks/robustness.py --cases sst2:300,subj:300,sst2:1000   # ~30 minutes a case on 2 CPU cores
     python benchmarks/robustness.py --refit --cases sst2:300:1            # also measures --refit's gain
     python benchmarks/robustness.py --cases hymenoptera:all               # images: ants vs bees, all 244 training images
+    python benchmarks/robustness.py --append --cases sst5:300             # adds a case to the JSON, keeps the others
 
 With ``--refit`` the search exports the refit model (scored as the search's result) and
 each case records the selected trial's own test score beside it: what refitting gained
@@ -50,6 +51,7 @@ DATA = REPO.parent / "shared" / "data"
 SOURCES = {
     "sst2": (DATA / "sst2" / "train.tsv", DATA / "sst2" / "test.tsv", dict(sep="\t")),
     "subj": (DATA / "subj" / "train.csv", DATA / "subj" / "test.csv", dict()),
+    "sst5": (DATA / "sst5" / "train.csv", DATA / "sst5" / "test.csv", dict()),
 }
 
 
@@ -80,13 +82,11 @@ def make_case(folder: Path, source: str, rows: int, test_rows: int, seed: int) -
 
 
 def recipe_on(backbone: Path, data: Path, out: Path, seed: int) -> dict:
-    """text_cls.recipe (binary) with the string labels mapped to ids in sorted order."""
+    """text_cls.recipe with the string labels mapped to ids in sorted order."""
     import text_cls
 
     frames = text_cls.read_splits(data)
-    names = sorted(frames["train"]["label"].unique())
-    if len(names) != 2:
-        raise SystemExit(f"{data}: the recipe side handles two classes, got {len(names)}")
+    names = sorted(set(frames["train"]["label"]) | set(frames["test"]["label"]))
     mapped = out / "data"
     mapped.mkdir(parents=True, exist_ok=True)
     for split, df in frames.items():
@@ -152,18 +152,24 @@ def run_search(data: Path, out: Path, seed: int, refit: bool = False, task: str 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="sst2:300,subj:300,sst2:1000",
-                    help="comma-separated data:rows[:seed] (data: sst2, subj; hymenoptera:all for the images)")
+                    help="comma-separated data:rows[:seed] (data: sst2, subj, sst5; hymenoptera:all for the images)")
     ap.add_argument("--test-rows", type=int, default=1000)
     ap.add_argument("--refit", action="store_true",
                     help="search with --refit; each case also records the selected trial's own test score")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    ap.add_argument("--append", action="store_true",
+                    help="keep the cases already in --out (each records its own commit); a case measured "
+                         "again replaces its old entry")
     args = ap.parse_args()
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     tmp = Path(tempfile.mkdtemp(prefix="autotransfer-robust-"))
-    cases: list[dict] = []
     specs = args.cases.split(",")
+    cases: list[dict] = []
+    if args.append and args.out.exists():
+        cases = [c for c in json.loads(args.out.read_text())["cases"] if c["case"] not in specs]
+    done_before = len(cases)
     for spec in specs:
         source, rows, *rest = spec.split(":")
         seed = int(rest[0]) if rest else 0
@@ -196,7 +202,7 @@ def main() -> None:
         print(f"{spec:>12}: search {searched['test_accuracy']:.4f} ({searched['best']['strategy']} on "
               f"{searched['best']['backbone']}, {searched['wall_s']:.0f}s) vs recipe {p:.4f} "
               f"({best_recipe['backbone']}): {diff:+.4f} +- {half:.4f} -> {verdict}{refit_note}", flush=True)
-        write(args.out, cases, done=len(cases) == len(specs))  # after every case: a stopped run keeps its cases
+        write(args.out, cases, done=len(cases) - done_before == len(specs))  # after every case: a stopped run keeps its cases
 
 
 def _refit_summary(cases: list[dict]) -> dict:

@@ -82,7 +82,8 @@ def recipe(backbone: Path, data: Path, out: Path, seed: int) -> dict:
     tok = AutoTokenizer.from_pretrained(backbone)
     frames = read_splits(data)
     train, test = TokenizedRows(tok, frames["train"]), TokenizedRows(tok, frames["test"])
-    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=2, dtype=torch.float32)
+    num_labels = max(max(train.labels), max(test.labels)) + 1  # labels are ids 0..k-1
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=num_labels, dtype=torch.float32)
     args = TrainingArguments(output_dir=str(out), learning_rate=2e-5, num_train_epochs=3,
                              per_device_train_batch_size=32, per_device_eval_batch_size=64, weight_decay=0.01,
                              save_strategy="no", report_to=[], seed=seed, logging_strategy="no",
