@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
 
@@ -34,7 +34,10 @@ from autotransfer.settings import TUNE_DIR, SearchSettings
 from autotransfer.shipping import plan_folders
 from autotransfer.storage import check_target, prune_checkpoints, upload_run
 from autotransfer.space import SearchSpace, load_space
-from autotransfer.tasks import BackboneInfo, get_task
+from autotransfer.tasks import get_task, task_spec
+
+if TYPE_CHECKING:
+    from autotransfer.tasks.base import BackboneInfo, Task
 
 #: files that mark a folder as holding a run
 RUN_MARKERS = ("settings.json", "results.json", TUNE_DIR)
@@ -74,9 +77,10 @@ def resume(run_dir: Path | str, *, console: Optional[Console] = None) -> SearchR
 def search(settings: Optional[SearchSettings] = None, *, console: Optional[Console] = None,
            **kwargs: Any) -> SearchResult:
     """Run a search. Pass a :class:`SearchSettings` or its fields as keyword arguments
-    (the same names as the CLI options: ``task``, ``data``, ``num_samples``...)."""
+    (the same names as the CLI options: ``task``, ``data``, ``num_samples``..., and the task's own
+    data options such as ``text_col``)."""
     if settings is None:
-        settings = SearchSettings(**kwargs)
+        settings = SearchSettings.build(**kwargs)
     elif kwargs:
         raise TypeError("pass either a SearchSettings or keyword arguments, not both")
     return _Search(settings, console or Console(stderr=True)).run()
@@ -166,7 +170,12 @@ class _Search:
 
     def __init__(self, settings: SearchSettings, console: Console):
         self.s, self.console = settings, console
-        self.task = get_task(settings.task)
+        self.spec = task_spec(settings.task)
+
+    @functools.cached_property
+    def task(self) -> Task:
+        """The task's implementation: imported (torch, transformers...) once the cheap checks have passed."""
+        return get_task(self.s.task)
 
     def log(self, msg: str) -> None:
         self.console.print(msg, highlight=False, soft_wrap=True)
@@ -182,13 +191,13 @@ class _Search:
             check_output(s)
             check_target(s)
         if s.address is None:  # the local resources are known before Ray starts: refuse impossible requests now
-            from autotransfer.runner import concurrency, local_cluster
+            from autotransfer.cluster import concurrency, local_cluster
 
-            concurrency(s, local_cluster())
+            concurrency(s, local_cluster(count_gpus=s.gpus_per_trial > 0))
         space = load_space(s.space).restrict(s.backbones, s.strategies)  # type: ignore[arg-type]
         if space.task and space.task != s.task:
             raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")
-        splits = self.task.load_data(s)
+        splits = self.spec.load_data(s)
         backbones = {name: self.task.describe_backbone(name, s) for name in space.backbones}
         for name, bb in backbones.items():
             if "freeze" in space.strategies and bb.num_layers == 0:
@@ -210,15 +219,16 @@ class _Search:
 
     # ------------------------------------------------------------------ run
     def run(self) -> SearchResult:
+        s = self.s
+        t_start = time.perf_counter()
+        space, splits, backbones = self.validate()  # before the engine's imports: bad input is answered at once
+        from autotransfer.cluster import concurrency
         from autotransfer.export import export_best, test_metrics
         from autotransfer.live import LiveLeaderboard
         from autotransfer.report import write_report
-        from autotransfer.runner import concurrency, run_tune, saved_trial_statuses, start_ray
+        from autotransfer.runner import run_tune, saved_trial_statuses, start_ray
         from autotransfer.training import TrialContext
 
-        s = self.s
-        t_start = time.perf_counter()
-        space, splits, backbones = self.validate()
         summary = splits.summary()
         self.log(f"data: {len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test "
                  f"examples, {splits.num_labels} {self.task.objective.noun}")

@@ -44,13 +44,36 @@ The best model lands in <output>/best: transformers.pipeline("text-classificatio
 """
 
 
-def _add_search(sub: argparse._SubParsersAction) -> None:
+#: argparse keeps the tasks' options apart from the engine's under this prefix
+OPTION_PREFIX = "task_option:"
+
+
+def task_options(argv: Sequence[str] = ()) -> dict[Any, list[str]]:
+    """Each task data option (``--text-col``...) -> the tasks that read it: every declared task's, and a plugin
+    task's named by ``--task`` in ``argv`` (its implementation is imported for them)."""
+    from autotransfer.tasks import declared_spec, task_spec
+
+    specs = [s for s in map(declared_spec, task_names()) if s is not None]
+    chosen = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--task"), None)
+    if chosen in task_names() and all(s.name != chosen for s in specs):
+        specs.append(task_spec(chosen))
+    out: dict[Any, list[str]] = {}
+    by_name: dict[str, Any] = {}
+    for spec in specs:
+        for option in spec.options:
+            out.setdefault(by_name.setdefault(option.name, option), []).append(spec.name)
+    return out
+
+
+def _add_search(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
     p = sub.add_parser("search", help="search backbone x strategy x hyperparameters",
+                       usage="autotransfer search --task TASK --data PATH [options]  (--help: all options, examples)",
                        description="Search backbone x transfer strategy x hyperparameters with Optuna + ASHA "
                                    "on Ray Tune, then export the best model and a leaderboard.",
                        epilog=SEARCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to search")
-    g.add_argument("--task", required=True, choices=task_names())
+    g.add_argument("--task", required=True, metavar="{" + ",".join(task_names()) + "}",
+                   help="the task (an unknown name lists the choices)")
     g.add_argument("--data", required=True, type=Path,
                    help="a CSV/TSV/JSONL file (token-cls: CoNLL or JSONL of tokens and tags), or a folder with "
                         "train/validation(dev)/test files")
@@ -60,10 +83,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--metric", help="validation metric to maximise (default: the task's, accuracy for text-cls and "
                                     "image-cls; an unknown name lists the task's metrics)")
     d = p.add_argument_group("data")
-    d.add_argument("--text-col", help="text column (default: detected: text, sentence, ...)")
-    d.add_argument("--text-pair-col", help="second text column for sentence pairs")
-    d.add_argument("--image-col", help="image-cls CSV: column of image paths (default: detected: path, image, ...)")
-    d.add_argument("--label-col", help="label column (default: detected: label, category, ...)")
+    for option, tasks in task_options(argv).items():
+        d.add_argument(option.flag, dest=OPTION_PREFIX + option.name, metavar="COLUMN",
+                       help=f"{', '.join(tasks)}: {option.help}")
     d.add_argument("--val-frac", type=float,
                    help="validation share when no validation file (default: 10%%, up to 25%% of small data so that "
                         "validation holds 300 examples)")
@@ -147,7 +169,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--screenshot", type=Path, help="also save a full-page PNG (needs playwright and chromium)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autotransfer",
         description="Turn a pretrained model into a good classifier for your data: search backbone x transfer "
@@ -156,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_search(sub)
+    _add_search(sub, argv)
     _add_resume(sub)
     _add_predict(sub)
     _add_report(sub)
@@ -167,7 +189,9 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from autotransfer.api import resume, search
     from autotransfer.settings import SearchSettings
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "debug") and not k.startswith(OPTION_PREFIX)}
+    fields["options"] = {k[len(OPTION_PREFIX):]: v for k, v in vars(args).items()
+                         if k.startswith(OPTION_PREFIX) and v is not None}
     if args.resume:
         if args.output is None:
             raise UserError("--resume needs --output pointing at the run to continue")
@@ -230,7 +254,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         if args.command == "search":
             return _cmd_search(args, argv)

@@ -18,9 +18,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from autotransfer.data import find_split_files
+import numpy as np
+
+from autotransfer.data import LabeledSplits, Split, find_split_files, split_missing
 from autotransfer.entities import tag_set
 from autotransfer.errors import UserError
 
@@ -201,3 +203,25 @@ def tag_names(train: TaggedSentences, others: Optional[list[TaggedSentences]] = 
             raise UserError(f"entity type(s) {', '.join(unseen[:5])} appear outside the training split but never "
                             "in it; add training sentences or drop them")
     return tag_set(types)
+
+
+def read_token_task(settings: Any) -> LabeledSplits:
+    """token-cls's reader (:class:`~autotransfer.tasks.spec.TaskSpec`): one label row per sentence (tag ids,
+    -1 past its end), missing splits carved by sentence."""
+    data = Path(settings.data)
+    tagged, files = read_tagged_splits(data)
+    names = tag_names(tagged["train"], [v for k, v in tagged.items() if k != "train"])
+    index = {t: i for i, t in enumerate(names)}
+    splits = {}
+    for name, sentences in tagged.items():
+        rows = [[index[t] for t in tags] for tags in sentences.tags]
+        labels = np.full((len(rows), max(map(len, rows))), -1, dtype=np.int64)
+        for i, row in enumerate(rows):
+            labels[i, :len(row)] = row
+        splits[name] = Split(inputs=sentences.tokens, labels=labels)
+    splits = split_missing(splits, settings.val_frac, settings.test_frac, settings.seed, str(data))
+    converted = sum(s.converted for s in tagged.values())
+    source = {"files": files, "format": "IOB2" + (f" ({converted} IOB1 tags converted)" if converted else ""),
+              "entity_types": sorted({t[2:] for t in names if t != "O"})}
+    return LabeledSplits(train=splits["train"], validation=splits["validation"], test=splits["test"],
+                         label_names=names, source=source)

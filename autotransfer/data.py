@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Collection, Optional, Sequence
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from autotransfer.errors import UserError
 
@@ -189,6 +188,8 @@ def split_missing(
             n_hold = max(n_hold, len(np.flatnonzero(counts)))
         if n_hold >= len(train):
             raise UserError(f"{where}: too few rows ({len(train)}) to carve out a {name} split")
+        from sklearn.model_selection import train_test_split  # scipy: seconds, so only once the checks passed
+
         keep, hold = train_test_split(np.arange(len(train)), test_size=n_hold, stratify=stratify, random_state=seed)
         out["train"] = train.take(np.sort(keep))
         out[name] = train.take(np.sort(hold))

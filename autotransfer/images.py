@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -79,6 +79,13 @@ def _read_csv(path: Path, label_col: Optional[str], path_col: Optional[str]) -> 
 def _warn_skipped(files: list[str], why: str) -> None:
     shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
     warnings.warn(f"skipped {len(files)} image file(s) that {why}: {shown}", BadImagesWarning, stacklevel=3)
+
+
+def read_image_task(settings: Any) -> LabeledSplits:
+    """image-cls's reader (:class:`~autotransfer.tasks.spec.TaskSpec`): its options from ``settings.options``."""
+    options = settings.options
+    return load_image_splits(settings.data, label_col=options.get("label_col"), path_col=options.get("image_col"),
+                             val_frac=settings.val_frac, test_frac=settings.test_frac, seed=settings.seed)
 
 
 def load_image_splits(data: Path, *, label_col: Optional[str] = None, path_col: Optional[str] = None,

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
+from autotransfer.cluster import short_node
 from autotransfer.storage import checkpoint_location, folder_bytes
 
 COMPLETED, STOPPED, FAILED, RUNNING = "completed", "stopped_early", "failed", "running"
@@ -165,11 +166,6 @@ def _score(value: Any) -> float:
     except (TypeError, ValueError):
         return -math.inf
     return v if math.isfinite(v) else -math.inf
-
-
-def short_node(node_id: str) -> str:
-    """The first 8 hex digits of a Ray node id (as the Ray dashboard abbreviates them)."""
-    return str(node_id)[:8]
 
 
 def environment() -> dict[str, Any]:

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -58,11 +58,8 @@ class SearchSettings:
     backbones: Optional[list[str]] = None
     strategies: Optional[list[str]] = None
     # data
-    text_col: Optional[str] = None
-    text_pair_col: Optional[str] = None
-    #: image-cls CSV: the column holding image paths
-    image_col: Optional[str] = None
-    label_col: Optional[str] = None
+    #: the task's own data options (``{"text_col": "review"}``), as its TaskSpec declares them
+    options: dict[str, Any] = field(default_factory=dict)
     #: validation share carved out when there is no validation file; None: 10%, or up to 25% of small
     #: data so that validation holds 300 examples (:func:`autotransfer.data.auto_val_frac`)
     val_frac: Optional[float] = None
@@ -117,6 +114,7 @@ class SearchSettings:
 
         if self.task not in task_names():
             raise UserError(f"--task: unknown task {self.task!r}; choose one of {', '.join(task_names())}")
+        self._check_options()
         self.data = Path(self.data).expanduser().resolve()
         if not self.data.exists():
             raise UserError(f"--data: {self.data} does not exist")
@@ -190,11 +188,28 @@ class SearchSettings:
                             "drop --output, or use --output alone")
         self.storage = str(Path(storage).expanduser().resolve())
 
+    def _check_options(self) -> None:
+        """Only the options the task declares, each a non-empty string (a column name)."""
+        from autotransfer.tasks import declared_spec, task_names, task_spec
+
+        spec = task_spec(self.task)
+        self.options = {k: v for k, v in dict(self.options or {}).items() if v is not None}
+        for name, value in self.options.items():
+            flag = "--" + name.replace("_", "-")
+            if spec.option(name) is None:
+                users = [t for t in task_names() if (d := declared_spec(t)) is not None and d.option(name)]
+                raise UserError(f"{flag}: {self.task} has no such option"
+                                + (f" (it is {' and '.join(users)}'s)" if users else "")
+                                + (f"; its options: {', '.join(o.flag for o in spec.options)}" if spec.options
+                                   else ""))
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(f"{flag}: give a column name, got {value!r}")
+
     def _check_metric(self) -> None:
         """The metric is the task's to offer: each task's objective lists its own."""
-        from autotransfer.tasks import get_task
+        from autotransfer.tasks import task_spec
 
-        objective = get_task(self.task).objective
+        objective = task_spec(self.task).objective
         if self.metric is None:
             self.metric = objective.default_metric
         elif self.metric not in objective.metrics:
@@ -248,8 +263,22 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchSettings":
+        """Settings saved by :meth:`to_dict` (runs saved before task options existed kept the columns at the
+        top level: they become options)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        legacy = {k: data[k] for k in ("text_col", "text_pair_col", "image_col", "label_col")
+                  if data.get(k) is not None}
+        fields = {k: v for k, v in data.items() if k in names}
+        return cls(**{**fields, "options": {**legacy, **(fields.get("options") or {})}})
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> "SearchSettings":
+        """Settings from keyword arguments as the CLI names them: the task's options (``text_col=...``)
+        may sit beside the fields, as on the command line."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        options = {**(kwargs.pop("options", None) or {}),
+                   **{k: kwargs.pop(k) for k in list(kwargs) if k not in names}}
+        return cls(**kwargs, options=options)
 
 
 def is_uri(value: str) -> bool:

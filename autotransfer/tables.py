@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pandas as pd
 
@@ -176,3 +176,11 @@ def load_text_splits(
         "carved_splits": sorted(set(("validation", "test")) - set(files)),
     }
     return LabeledSplits(splits["train"], splits["validation"], splits["test"], names, source)
+
+
+def read_text_task(settings: Any) -> LabeledSplits:
+    """text-cls's reader (:class:`~autotransfer.tasks.spec.TaskSpec`): its options from ``settings.options``."""
+    options = settings.options
+    return load_text_splits(settings.data, text_col=options.get("text_col"),
+                            text_pair_col=options.get("text_pair_col"), label_col=options.get("label_col"),
+                            val_frac=settings.val_frac, test_frac=settings.test_frac, seed=settings.seed)

@@ -117,6 +117,10 @@ CASES = [
      "--storage FOLDER already sets the run folder"),
     ("storage-uri-unopenable", "text", lambda t: tsv(t, GOOD), ["--storage", "nosuchfs://bucket/runs"],
      "cannot open it"),
+    ("option-of-another-task", "text", lambda t: tsv(t, GOOD), ["--image-col", "path"],
+     "--image-col: text-cls has no such option (it is image-cls's)"),
+    ("unknown-task", "text", lambda t: tsv(t, GOOD), ["--task", "text-classification"],
+     "unknown task 'text-classification'; choose one of text-cls, image-cls, token-cls"),
     ("negative-max-failures", "text", lambda t: tsv(t, GOOD), ["--max-failures", "-1"], "--max-failures"),
     ("ner-tag-not-bio", "token", lambda t: conll(t, TAGGED[:5] + [[("anna", "PERSON")]] + TAGGED[5:]), [],
      "data.conll:"),
@@ -133,23 +137,38 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(case, tmp_path, tiny_space, tiny_image_space, tiny_token_space, capsys):
+#: cases answered only once a backbone loads (its files, the hub, timm's list) or once images are decoded (at
+#: the backbone's input size); everything else is answered before torch, transformers or Ray load
+ANSWERED_LATE = {"missing-backbone-folder", "unknown-hub-model", "unknown-timm-model", "all-images-unreadable"}
+
+
+def command(case, tmp, spaces) -> list[str]:
+    """The ``autotransfer search`` arguments of a case, its input built in ``tmp``."""
     name, task, build, extra, needle = case
-    data = build(tmp_path)
-    space = {"text": tiny_space, "image": tiny_image_space, "token": tiny_token_space}[task]
-    out = tmp_path / "run"
+    data = build(tmp)
     args = [a.replace("FILE", str(data)) for a in extra]
     if "--space" in args:
         i = args.index("--space") + 1
         if args[i] == "IMAGE_SPACE":
-            args[i] = str(tiny_image_space)
+            args[i] = str(spaces["image"])
         elif args[i].startswith("@"):
-            (tmp_path / "space.yaml").write_text(args[i][1:])
-            args[i] = str(tmp_path / "space.yaml")
+            (tmp / "space.yaml").write_text(args[i][1:])
+            args[i] = str(tmp / "space.yaml")
+    return ["search", "--task", f"{task}-cls", "--data", str(data),
+            "--space", str(spaces[task]), "--output", str(tmp / "run"), "--no-dashboard", *args]
+
+
+@pytest.fixture
+def spaces(tiny_space, tiny_image_space, tiny_token_space):
+    return {"text": tiny_space, "image": tiny_image_space, "token": tiny_token_space}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, tmp_path, spaces, capsys):
+    needle = case[-1]
+    out = tmp_path / "run"
+    argv = command(case, tmp_path, spaces)
     before = sorted(p.name for p in tmp_path.iterdir())
-    argv = ["search", "--task", f"{task}-cls", "--data", str(data),
-            "--space", str(space), "--output", str(out), "--no-dashboard", *args]
     code = main(argv)
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1] if err else ""
@@ -158,6 +177,33 @@ def test_bad_input(case, tmp_path, tiny_space, tiny_image_space, tiny_token_spac
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing removed
     assert not out.exists()
+
+
+def test_bad_input_is_answered_before_torch_transformers_or_ray_load(tmp_path, spaces):
+    """The door is light: one fresh process meets every case that needs no model and must import none of the
+    heavy libraries (what made each error take 10-20 s before)."""
+    import json
+    import subprocess
+    import sys
+
+    runs = []
+    for case in CASES:
+        if case[0] not in ANSWERED_LATE:
+            (tmp_path / case[0]).mkdir()
+            runs.append(command(case, tmp_path / case[0], spaces))
+    script = ("import json, sys\nfrom autotransfer.cli import main\nout = []\n"
+              "for argv in json.loads(sys.stdin.read()):\n"
+              "    code = main(argv)\n"
+              "    heavy = [m for m in ('torch', 'transformers', 'ray', 'timm', 'peft', 'sklearn') if m in sys.modules]\n"
+              "    out.append([argv[argv.index('--data') + 1], code, heavy])\n"
+              "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(runs), capture_output=True, text=True,
+                          timeout=300)
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [code for _, code, _ in results] == [2] * len(runs), proc.stderr[-3000:]
+    first_heavy = next(((data, heavy) for data, _, heavy in results if heavy), None)
+    assert first_heavy is None, f"the case with --data {first_heavy[0]} imported {first_heavy[1]}"
+    assert len(runs) >= 40
 
 
 def test_there_are_at_least_25_cases():

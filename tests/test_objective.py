@@ -101,6 +101,44 @@ def test_an_installed_plugin_task_is_listed_and_imported_on_first_use(tmp_path, 
         tasks._REGISTRY.pop("plugin-task", None)
 
 
+def test_a_plugin_spec_is_read_without_importing_its_implementation(tmp_path, monkeypatch):
+    """``name = "module:SPEC"``: the door learns the plugin's metrics, options and reader from its TaskSpec alone;
+    the implementation module loads only when a model is needed."""
+    import sys
+
+    (tmp_path / "light_plugin_spec.py").write_text(
+        "from autotransfer.objective import SingleLabel\n"
+        "from autotransfer.tasks import TaskOption, TaskSpec\n"
+        "SPEC = TaskSpec('light-plugin', 'light_plugin_impl', SingleLabel(), 'autotransfer.tables:read_text_task',\n"
+        "                (TaskOption('text_col', 'the text'), TaskOption('label_col', 'the label')))\n")
+    (tmp_path / "light_plugin_impl.py").write_text(
+        "from autotransfer.tasks import register_task\n"
+        "from autotransfer.tasks.text_cls import TextClassification\n"
+        "@register_task\n"
+        "class LightPlugin(TextClassification):\n"
+        "    name = 'light-plugin'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    points = [EntryPoint(name="light-plugin", value="light_plugin_spec:SPEC", group=tasks.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(tasks, "entry_points", lambda group: points if group == tasks.ENTRY_POINT_GROUP else [])
+    data = tmp_path / "d.tsv"
+    data.write_text("review\tstars\n" + "".join(f"words {i}\t{i % 2}\n" for i in range(40)))
+    space = tmp_path / "space.yaml"
+    space.write_text("backbones: [x]\n")
+    try:
+        settings = SearchSettings.build(task="light-plugin", data=data, space=space, output=tmp_path / "out",
+                                        text_col="review", label_col="stars")
+        splits = tasks.task_spec("light-plugin").load_data(settings)
+        assert settings.metric == "accuracy" and len(splits.train) + len(splits.validation) + len(splits.test) == 40
+        assert "light_plugin_impl" not in sys.modules
+        with pytest.raises(UserError, match="--image-col: light-plugin has no such option"):
+            SearchSettings.build(task="light-plugin", data=data, space=space, image_col="path")
+        assert type(get_task("light-plugin")).__name__ == "LightPlugin"  # imported now, on first use
+        assert get_task("light-plugin").objective is tasks.task_spec("light-plugin").objective
+    finally:
+        tasks._REGISTRY.pop("light-plugin", None)
+        sys.modules.pop("light_plugin_impl", None)
+
+
 class _Structured(SingleLabel):
     """Labels as a dict of tensors, as a token-classification task carries tags and sentence ids."""
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from autotransfer.errors import UserError
-from autotransfer.runner import Cluster, concurrency, make_sampler
+from autotransfer.cluster import Cluster, concurrency
+from autotransfer.runner import make_sampler
 from autotransfer.settings import SearchSettings
 from autotransfer.training import autocast_dtype
 
@@ -70,3 +71,20 @@ def test_precision_choice_per_device():
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("fp16", cuda) is torch.float16
     assert autocast_dtype("fp16", cpu) is torch.bfloat16  # CPU autocast has no fp16
+
+
+def test_task_options_sit_beside_the_fields_in_the_api_and_old_runs_keep_their_columns(tmp_path):
+    data = tmp_path / "d.tsv"
+    data.write_text("review\tstars\nok\t1\n")
+    s = SearchSettings.build(task="text-cls", data=data, output=tmp_path / "out", text_col="review",
+                             label_col="stars", num_samples=3)
+    assert s.options == {"text_col": "review", "label_col": "stars"} and s.num_samples == 3
+    assert SearchSettings.from_dict(s.to_dict()).options == s.options
+    # settings.json of a run saved before task options existed: the columns were fields
+    legacy = {**{k: v for k, v in s.to_dict().items() if k != "options"}, "text_col": "review", "image_col": None}
+    assert SearchSettings.from_dict(legacy).options == {"text_col": "review"}
+    with pytest.raises(UserError, match="--label-col: give a column name"):
+        SearchSettings.build(task="text-cls", data=data, output=tmp_path / "out", label_col="  ")
+    with pytest.raises(UserError, match="--text-col: token-cls has no such option \\(it is text-cls's\\)"):
+        SearchSettings.build(task="token-cls", data=data, output=tmp_path / "out", text_col="review")
+

@@ -10,11 +10,12 @@ freeze, what to wrap (LoRA) and which learning rate each group gets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Optional
 
-import numpy as np
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads with the first model, not with the strategy registry (the door stays light)
+    import numpy as np
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Strategy:
 def final_linear(bundle: ModelBundle) -> Optional[nn.Module]:
     """The head's last ``nn.Linear`` in registration order (the classifier proper, not a fresh pooler or
     pre-classifier before it)."""
+    from torch import nn
+
     last = None
     for name in bundle.head:
         module = bundle.model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None

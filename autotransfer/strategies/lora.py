@@ -5,13 +5,13 @@ Export merges the adapters (``merge_and_unload``) so the checkpoint is a plain m
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from peft import LoraConfig, PeftModel, get_peft_model
-from torch import nn
+from typing import TYPE_CHECKING, Any, Mapping
 
 from autotransfer.strategies import register_strategy
 from autotransfer.strategies.base import Adapted, ModelBundle, Strategy
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @register_strategy
@@ -27,6 +27,8 @@ class Lora(Strategy):
     defaults = {"lr": 5e-4, "head_lr": None, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
 
     def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
+        from peft import LoraConfig, get_peft_model
+
         if not bundle.lora_targets:
             raise ValueError("this backbone exposes no layers LoRA can adapt")
         lora_config = LoraConfig(
@@ -48,6 +50,8 @@ class Lora(Strategy):
                                                    {"params": head, "lr": head_lr}]))
 
     def finalize(self, model: nn.Module) -> nn.Module:
+        from peft import PeftModel
+
         if isinstance(model, PeftModel):
             return model.merge_and_unload()
         return model

@@ -18,6 +18,7 @@ from autotransfer.data import LabeledSplits
 from autotransfer.objective import Objective
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
+from autotransfer.tasks.spec import TaskOption, TaskSpec, resolve
 
 #: a batch: model inputs (tensors by name) and labels: a tensor (one class per example) or any structure of
 #: tensors the task's objective reads (e.g. ``{"tags": ..., "sentence": ...}`` for token classification)
@@ -50,15 +51,41 @@ class PreparationStats:
 
 
 class Task:
-    """Base class of a task; see :class:`~autotransfer.tasks.text_cls.TextClassification`."""
+    """Base class of a task implementation; see :class:`~autotransfer.tasks.text_cls.TextClassification`.
+
+    Its objective, data options and data reader come from its :class:`~autotransfer.tasks.spec.TaskSpec`
+    (the nearest declared one along the class hierarchy); a subclass may override any of them.
+    """
 
     name: ClassVar[str]
-    #: the loss, decoding, metrics and detailed results (see :mod:`autotransfer.objective`)
-    objective: ClassVar[Objective]
+
+    @classmethod
+    def declared(cls) -> TaskSpec:
+        """The spec declared for this class's name, or for the nearest base class that has one."""
+        from autotransfer.tasks import declared_spec
+
+        for klass in cls.__mro__:
+            spec = declared_spec(getattr(klass, "name", "")) if "name" in vars(klass) else None
+            if spec is not None:
+                return spec
+        raise NotImplementedError(f"task {cls.name!r}: no TaskSpec declared; set objective and load_data")
+
+    @property
+    def objective(self) -> Objective:
+        """The loss, decoding, metrics and detailed results (see :mod:`autotransfer.objective`)."""
+        return self.declared().objective
+
+    @property
+    def options(self) -> tuple[TaskOption, ...]:
+        """The data options (``--text-col``...) this task reads from ``settings.options``."""
+        return self.declared().options
 
     def load_data(self, settings: Any) -> LabeledSplits:
         """Read and validate ``settings.data``; raise UserError on bad input."""
-        raise NotImplementedError
+        spec = self.declared()
+        if spec.reader is None:
+            raise NotImplementedError(f"task {self.name!r}: its TaskSpec has no reader; override load_data")
+        return resolve(spec.reader)(settings)
 
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
         """Resolve a backbone name (hub id or local folder) and check it can be loaded."""

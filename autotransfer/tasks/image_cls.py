@@ -26,8 +26,7 @@ from torch.utils.data import DataLoader
 from autotransfer.backbones import offline_hint
 from autotransfer.data import SPLITS, LabeledSplits
 from autotransfer.errors import UserError
-from autotransfer.objective import SingleLabel
-from autotransfer.images import IMAGE_SUFFIXES, decode_images, load_image_splits
+from autotransfer.images import IMAGE_SUFFIXES, decode_images
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 from autotransfer.tasks import register_task
@@ -138,14 +137,8 @@ def timm_layout(model: nn.Module, head: list[str]) -> ModelBundle:
 @register_task
 class ImageClassification(Task):
     name = "image-cls"
-    objective = SingleLabel()
 
     # ------------------------------------------------------------------ data
-    def load_data(self, settings: Any) -> LabeledSplits:
-        return load_image_splits(settings.data, label_col=settings.label_col,
-                                 path_col=settings.image_col,
-                                 val_frac=settings.val_frac, test_frac=settings.test_frac, seed=settings.seed)
-
     # ------------------------------------------------------------- backbones
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
         import timm

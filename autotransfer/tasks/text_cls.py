@@ -27,10 +27,8 @@ from torch.utils.data import DataLoader
 from autotransfer.backbones import blocks_by_list, find_block_list, layout, linear_leaf_names, local_folder, offline_hint
 from autotransfer.data import SPLITS, LabeledSplits, Split
 from autotransfer.errors import UserError
-from autotransfer.objective import SingleLabel
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
-from autotransfer.tables import load_text_splits
 from autotransfer.tasks import register_task
 from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats, Task
 
@@ -155,7 +153,6 @@ def _model_max_length(tokenizer: Any, config: Any) -> int:
 @register_task
 class TextClassification(Task):
     name = "text-cls"
-    objective = SingleLabel()
     #: the transformers auto class that puts this task's head on a backbone
     auto_model = "AutoModelForSequenceClassification"
 
@@ -165,11 +162,6 @@ class TextClassification(Task):
         return getattr(transformers, self.auto_model)
 
     # ------------------------------------------------------------------ data
-    def load_data(self, settings: Any) -> LabeledSplits:
-        return load_text_splits(settings.data, text_col=settings.text_col, text_pair_col=settings.text_pair_col,
-                                label_col=settings.label_col, val_frac=settings.val_frac,
-                                test_frac=settings.test_frac, seed=settings.seed)
-
     # ------------------------------------------------------------- backbones
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
         from transformers import AutoConfig, AutoTokenizer

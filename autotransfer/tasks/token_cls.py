@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from autotransfer.conll import read_tagged_splits, read_words, tag_names
-from autotransfer.data import SPLITS, LabeledSplits, Split, split_missing
+from autotransfer.conll import read_words
+from autotransfer.data import SPLITS, LabeledSplits
 from autotransfer.errors import UserError
-from autotransfer.objective import IGNORE, TokenTagging
+from autotransfer.objective import IGNORE
 from autotransfer.recipes import Recipe
 from autotransfer.tasks import register_task
 from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats
@@ -84,13 +84,6 @@ def _pack(windows: Windows, gold: np.ndarray) -> WindowSplit:
                        first=first, gold=gold)
 
 
-def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
-    out = np.full((len(rows), width), -1, dtype=np.int64)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out
-
-
 def word_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
     """The backbone's fast tokenizer, set up to read pre-split words (byte-level BPE needs a prefix space)."""
     from transformers import AutoTokenizer
@@ -134,26 +127,9 @@ class _WindowCollate:
 @register_task
 class TokenClassification(TextClassification):
     name = "token-cls"
-    objective = TokenTagging()
     auto_model = "AutoModelForTokenClassification"
 
     # ------------------------------------------------------------------ data
-    def load_data(self, settings: Any) -> LabeledSplits:
-        data = Path(settings.data)
-        tagged, files = read_tagged_splits(data)
-        names = tag_names(tagged["train"], [v for k, v in tagged.items() if k != "train"])
-        index = {t: i for i, t in enumerate(names)}
-        splits = {}
-        for name, sentences in tagged.items():
-            rows = [np.asarray([index[t] for t in tags], dtype=np.int64) for tags in sentences.tags]
-            splits[name] = Split(inputs=sentences.tokens, labels=_padded(rows, max(map(len, rows))))
-        splits = split_missing(splits, settings.val_frac, settings.test_frac, settings.seed, str(data))
-        converted = sum(s.converted for s in tagged.values())
-        source = {"files": files, "format": "IOB2" + (f" ({converted} IOB1 tags converted)" if converted else ""),
-                  "entity_types": sorted({t[2:] for t in names if t != "O"})}
-        return LabeledSplits(train=splits["train"], validation=splits["validation"], test=splits["test"],
-                             label_names=names, source=source)
-
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
         info = super().describe_backbone(name, settings)
         word_tokenizer(info.source, bool(getattr(settings, "trust_remote_code", False)))  # refuses slow tokenizers
