@@ -110,43 +110,48 @@ class SearchSettings:
     command: Optional[str] = None
 
     def __post_init__(self) -> None:
+        """Validate by concern, each check cheap (nothing here reads a model or the data's contents): the task
+        and its options, the data's location, the search engine, the cluster request, the output."""
+        self._check_task()
+        self._check_data()
+        self._check_engine()
+        self._check_cluster()
+        self._check_output()
+
+    def _check_task(self) -> None:
         from autotransfer.tasks import task_names
 
         if self.task not in task_names():
             raise UserError(f"--task: unknown task {self.task!r}; choose one of {', '.join(task_names())}")
         self._check_options()
-        self.data = Path(self.data).expanduser().resolve()
-        if not self.data.exists():
-            raise UserError(f"--data: {self.data} does not exist")
+        self._check_metric()
         self.space = Path(self.space).expanduser().resolve() if self.space else default_space_path(self.task)
         if not self.space.is_file():
             raise UserError(f"--space: search space file {self.space} does not exist")
         self.backbones = _split_list(self.backbones)
         self.strategies = _split_list(self.strategies)
+
+    def _check_data(self) -> None:
+        self.data = Path(self.data).expanduser().resolve()
+        if not self.data.exists():
+            raise UserError(f"--data: {self.data} does not exist")
         for name in ("val_frac", "test_frac"):
             v = getattr(self, name)
             if v is not None and not (0.0 <= v < 0.9):
                 raise UserError(f"--{name.replace('_', '-')}: must be in [0, 0.9), got {v}")
         if (self.val_frac if self.val_frac is not None else 0.25) + self.test_frac >= 0.9:
             raise UserError("--val-frac plus --test-frac must leave at least 10% of the data for training")
+        if self.max_length is not None and self.max_length < 4:
+            raise UserError(f"--max-length: must be at least 4, got {self.max_length}")
+
+    def _check_engine(self) -> None:
         self._positive_int("num_samples")
         self._positive_int("max_epochs")
         self._positive_int("evals_per_epoch")
-        if self.max_concurrent is not None:
-            self._positive_int("max_concurrent")
         if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) or self.min_steps < 0:
             raise UserError(f"--min-steps: must be a whole number of at least 0, got {self.min_steps!r}")
-        if self.max_length is not None and self.max_length < 4:
-            raise UserError(f"--max-length: must be at least 4, got {self.max_length}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise UserError(f"--time-budget: must be a positive number of seconds, got {self.time_budget_s}")
-        if not (self.cpus_per_trial > 0):
-            raise UserError(f"--cpus-per-trial: must be positive, got {self.cpus_per_trial}")
-        if self.gpus_per_trial < 0:
-            raise UserError(f"--gpus-per-trial: must be zero or positive, got {self.gpus_per_trial}")
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            raise UserError("--gpus-per-trial: above 1 it must be a whole number of GPUs")
-        self._check_metric()
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler: unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.scheduler not in SCHEDULERS:
@@ -159,12 +164,28 @@ class SearchSettings:
             raise UserError(f"--grace-period ({self.grace_period}) is longer than --max-epochs ({self.max_epochs})")
         if not self.reduction_factor > 1:
             raise UserError(f"--reduction-factor: must be greater than 1, got {self.reduction_factor}")
+
+    def _check_cluster(self) -> None:
+        """The request's own consistency; whether the machine or cluster holds it is checked before Ray starts
+        (:func:`autotransfer.cluster.concurrency`)."""
+        if self.max_concurrent is not None:
+            self._positive_int("max_concurrent")
+        if not (self.cpus_per_trial > 0):
+            raise UserError(f"--cpus-per-trial: must be positive, got {self.cpus_per_trial}")
+        if self.gpus_per_trial < 0:
+            raise UserError(f"--gpus-per-trial: must be zero or positive, got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise UserError("--gpus-per-trial: above 1 it must be a whole number of GPUs")
         if not isinstance(self.max_failures, int) or isinstance(self.max_failures, bool) or self.max_failures < 0:
             raise UserError(f"--max-failures: must be a whole number of at least 0, got {self.max_failures!r}")
         if self.address is not None and str(self.address).startswith("ray://"):
             raise UserError(f"--address {self.address}: Ray Client cannot carry a whole search (Ray Tune would run its "
                             "loop on the head, where your files are not); submit it as a Ray job instead: ray job "
                             "submit --address http://HEAD:8265 -- autotransfer search --address auto ...")
+
+    def _check_output(self) -> None:
+        """Names and paths only; whether the folder may be written is probed before any work
+        (:func:`autotransfer.api.check_output`)."""
         if self.run_name is None:
             self.run_name = f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}"
         if self.storage is not None:
