@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 from autotransfer.budget import DEFAULT_MIN_STEPS
 from autotransfer.errors import UserError
 from autotransfer.settings import PRECISIONS, SAMPLERS, SCHEDULERS
-from autotransfer.tasks import task_names
+from autotransfer.tasks import TaskOption, declared_spec, task_names, task_spec
 
 SEARCH_EXAMPLES = """\
 examples:
@@ -48,20 +48,18 @@ The best model lands in <output>/best: transformers.pipeline("text-classificatio
 OPTION_PREFIX = "task_option:"
 
 
-def task_options(argv: Sequence[str] = ()) -> dict[Any, list[str]]:
+def task_options(argv: Sequence[str] = ()) -> dict[TaskOption, list[str]]:
     """Each task data option (``--text-col``...) -> the tasks that read it: every declared task's, and a plugin
     task's named by ``--task`` in ``argv`` (its implementation is imported for them)."""
-    from autotransfer.tasks import declared_spec, task_spec
-
     specs = [s for s in map(declared_spec, task_names()) if s is not None]
     chosen = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--task"), None)
     if chosen in task_names() and all(s.name != chosen for s in specs):
         specs.append(task_spec(chosen))
-    out: dict[Any, list[str]] = {}
-    by_name: dict[str, Any] = {}
+    out: dict[TaskOption, list[str]] = {}
+    first: dict[str, TaskOption] = {}  # an option two tasks declare is one flag, with the first one's help
     for spec in specs:
         for option in spec.options:
-            out.setdefault(by_name.setdefault(option.name, option), []).append(spec.name)
+            out.setdefault(first.setdefault(option.name, option), []).append(spec.name)
     return out
 
 

@@ -29,6 +29,23 @@ def test_help_shows_examples(capsys):
     assert "examples:" in out and "--num-samples" in out and "pipeline" in out
 
 
+def test_the_data_flags_are_the_tasks_declared_options(capsys):
+    """--text-col and friends come from the task specs, each naming the tasks that read it."""
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"--label-col COLUMN text-cls, image-cls: label column", out)
+    assert re.search(r"--image-col COLUMN image-cls: ", out) and re.search(r"--text-pair-col COLUMN text-cls: ", out)
+
+
+def test_an_unknown_task_is_one_line(capsys, tmp_path):
+    assert main(["search", "--task", "ner", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["autotransfer: error: --task: unknown task 'ner'; choose one of text-cls, image-cls, token-cls"]
+
+
 @pytest.mark.e2e
 def test_search_then_predict_from_the_command_line(tmp_path, sentiment_dir, tiny_space):
     out = tmp_path / "cli-run"
