@@ -296,13 +296,11 @@ def leaderboard_frame(records: list[TrialRecord], metric: str, test: Optional[di
 
 def _task_figures(task: Optional[str], test: dict[str, Any], label_names: list[str]) -> list[go.Figure]:
     """The task's own figures of the best model's test results (a confusion matrix for classification)."""
-    from autotransfer.tasks import get_task
+    from autotransfer.tasks import task_names, task_spec
 
-    try:
-        objective = get_task(task or "").objective
-    except KeyError:  # a run saved by a task this installation lacks: the generic figures only
+    if task not in task_names():  # a run saved by a task this installation lacks: the generic figures only
         return []
-    return objective.figures(test, label_names)
+    return task_spec(task).objective.figures(test, label_names)
 
 
 def write_report(out: Path, records: list[TrialRecord], meta: dict[str, Any]) -> Path:
