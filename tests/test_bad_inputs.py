@@ -203,11 +203,7 @@ def test_bad_input_is_answered_before_torch_transformers_or_ray_load(tmp_path, s
     assert [code for _, code, _ in results] == [2] * len(runs), proc.stderr[-3000:]
     first_heavy = next(((data, heavy) for data, _, heavy in results if heavy), None)
     assert first_heavy is None, f"the case with --data {first_heavy[0]} imported {first_heavy[1]}"
-    assert len(runs) >= 40
-
-
-def test_there_are_at_least_25_cases():
-    assert len(CASES) >= 25
+    assert len(runs) == len(CASES) - len(ANSWERED_LATE)  # every name in ANSWERED_LATE is a case
 
 
 def test_output_holding_a_run_is_refused_and_left_alone(tmp_path, sentiment_dir, tiny_space, capsys):
