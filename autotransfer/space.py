@@ -43,10 +43,15 @@ TRAINING_PARAMS = {
     "warmup_ratio": "share of steps with linear learning-rate warm-up",
     "label_smoothing": "cross-entropy label smoothing",
     "augment": "image augmentation strength: none, light or strong (image-cls)",
+    "scheduler": "learning-rate schedule after the warm-up: linear, cosine or constant (transformers.get_scheduler)",
+    "optimizer": "adamw, or sgd with momentum 0.9 (the classic vision recipe)",
 }
+#: the values a categorical training parameter may take (checked when the space is read)
+TRAINING_CHOICES = {"augment": ("none", "light", "strong"), "scheduler": ("linear", "cosine", "constant"),
+                    "optimizer": ("adamw", "sgd")}
 #: recommended values of the training parameters (used by warm-start trials when the space allows them)
 TRAINING_DEFAULTS = {"batch_size": 32, "weight_decay": 0.01, "warmup_ratio": 0.06, "label_smoothing": 0.0,
-                     "augment": "light"}
+                     "augment": "light", "scheduler": "linear", "optimizer": "adamw"}
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 LAYERS_SYMBOL = "num_layers"
 _TOP_KEYS = {"task", "description", "backbones", "params", "strategies"}
@@ -319,6 +324,11 @@ def _parse_params(raw: Any, prefix: str, allowed: set[str], where: str, seen: di
         if name not in allowed:
             raise UserError(f"{where}: {key}: unknown parameter (allowed here: {', '.join(sorted(allowed)) or 'none'})")
         p = _parse_param(str(name), spec, key, where)
+        unknown = [v for v in (p.choices if p.distribution == "categorical" else (p.value,)) or ()
+                   if name in TRAINING_CHOICES and v not in TRAINING_CHOICES[name]]
+        if unknown:
+            raise UserError(f"{where}: {key}: unknown value {unknown[0]!r} (choose from "
+                            f"{', '.join(TRAINING_CHOICES[name])})")
         prev = seen.get(p.name)
         if prev is not None and (_kind(prev) != _kind(p)):
             raise UserError(f"{where}: {key}: '{name}' is used elsewhere with another kind of distribution; "

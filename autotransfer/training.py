@@ -1,7 +1,7 @@
 """The per-trial training loop.
 
 :func:`train` runs one configuration: build the classifier, apply the transfer
-strategy, train with AdamW and a linear warm-up/decay schedule, evaluate on the
+strategy, train with AdamW (or SGD) and a warm-up then linear, cosine or constant schedule, evaluate on the
 validation split ``evals_per_epoch`` times per epoch and report each evaluation
 (ASHA's rungs).  It knows nothing about Ray: :func:`run_trial` is the thin Ray
 Tune entry point that plugs in ``tune.report`` and restores from
@@ -145,6 +145,18 @@ def train_mode(model: nn.Module) -> None:
             m.eval()
 
 
+#: a space's ``scheduler`` value -> transformers' schedule name (each with a linear warm-up)
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, total_steps: int) -> Any:
+    """The learning-rate schedule ``name`` (linear, cosine or constant after a linear warm-up), from
+    ``transformers.get_scheduler``."""
+    from transformers import get_scheduler
+
+    return get_scheduler(SCHEDULES[name], optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
 def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.device,
                name: str = "adamw") -> torch.optim.Optimizer:
     """AdamW (or SGD with momentum 0.9, as in the classic vision recipes) with decay on weight matrices
@@ -271,11 +283,8 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
         eval_at.append(max(at, eval_at[-1] + 1) if eval_at else at)
     total_steps = eval_at[-1]
     evals = set(eval_at)
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler("linear", optimizer,
-                              num_warmup_steps=int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)),
-                              num_training_steps=total_steps)
+    scheduler = lr_schedule(optimizer, str(config.get("scheduler", "linear")),
+                            int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
     smoothing = float(config.get("label_smoothing", 0.0))
 

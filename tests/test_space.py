@@ -43,6 +43,9 @@ def _write(tmp_path, text):
     ("backbones: [a]\nstrategies: {full: {lr: {distribution: uniform, low: x, high: 1}}}", "'low' must be a number"),
     ("backbones: [a]\nstrategies: {lora: {lr: {distribution: loguniform, low: 0, high: 1}}}", "needs low > 0"),
     ("backbones: [a]\nstrategy: [full]", "unknown key 'strategy'"),
+    ("backbones: [a]\nstrategies: [full]\nparams: {scheduler: [linear, step]}",
+     "params.scheduler: unknown value 'step' (choose from linear, cosine, constant)"),
+    ("backbones: [a]\nstrategies: [full]\nparams: {optimizer: adam}", "params.optimizer: unknown value 'adam'"),
 ])
 def test_bad_spaces_name_the_key(tmp_path, text, needle):
     with pytest.raises(UserError) as err:
@@ -103,3 +106,25 @@ strategies:
     assert small.backbones == ["c"] and list(small.strategies) == ["lora"]
     with pytest.raises(UserError, match="unknown strategy 'nope'"):
         space.restrict(strategies=["nope"])
+
+
+def test_schedule_and_optimizer_are_searched_like_any_parameter(tmp_path):
+    import optuna
+
+    space = load_space(_write(tmp_path, """
+backbones: [a]
+params: {scheduler: [linear, cosine, constant], optimizer: [adamw, sgd]}
+strategies: {full: {lr: {distribution: loguniform, low: 1.0e-5, high: 1.0e-4}}}
+"""))
+    (warm,) = space.warm_start_points(1)
+    assert warm["scheduler"] == "linear" and warm["optimizer"] == "adamw"  # the recommended values first
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = space.define_by_run({"a": 2})
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        fn(trial)
+        seen.add((trial.params["scheduler"], trial.params["optimizer"]))
+        study.tell(trial, 0.0)
+    assert len(seen) == 6  # every combination proposed
+

@@ -163,3 +163,47 @@ def test_out_of_gpu_memory_retries_at_half_batch_after_freeing_the_first_attempt
     assert last["batch_size_used"] == 8
     assert len(built) == 2 and all(ref() is None for ref in built)
     assert "gpu_memory_peak_mb" not in last  # GPU memory is reported only for GPU trials
+
+
+def test_lr_schedules_warm_up_then_follow_their_shape():
+    import torch
+
+    from autotransfer.training import lr_schedule
+
+    lrs = {}
+    for name in ("linear", "cosine", "constant"):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = lr_schedule(opt, name, warmup_steps=10, total_steps=110)
+        seen = []
+        for _ in range(110):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        lrs[name] = seen
+    for seen in lrs.values():  # the same linear warm-up from 0
+        assert seen[0] == 0.0 and seen[5] == pytest.approx(0.5) and seen[10] == pytest.approx(1.0)
+    # a quarter of the way through the decay: linear 0.75, cosine (1 + cos(pi/4)) / 2, constant 1
+    assert lrs["linear"][35] == pytest.approx(0.75)
+    assert lrs["cosine"][35] == pytest.approx((1 + 2 ** -0.5) / 2)
+    assert lrs["constant"][35] == pytest.approx(1.0) and lrs["constant"][109] == pytest.approx(1.0)
+
+
+def test_a_trial_trains_with_the_schedule_and_optimizer_its_config_names(ctx, monkeypatch):
+    import dataclasses
+
+    import autotransfer.training as training
+
+    used = {}
+    real = training.lr_schedule
+
+    def schedule(optimizer, name, *args):
+        used["scheduler"], used["optimizer"] = name, type(optimizer).__name__
+        return real(optimizer, name, *args)
+
+    monkeypatch.setattr(training, "lr_schedule", schedule)
+    short = dataclasses.replace(ctx, max_epochs=1, evals_per_epoch=1)
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 1e-3, "batch_size": 16}
+    train({**config, "scheduler": "cosine", "optimizer": "sgd"}, short, lambda metrics, checkpoint_dir: None)
+    assert used == {"scheduler": "cosine", "optimizer": "SGD"}
+    train(config, short, lambda metrics, checkpoint_dir: None)  # neither named: the defaults
+    assert used == {"scheduler": "linear", "optimizer": "AdamW"}
