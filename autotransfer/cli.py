@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 from autotransfer.budget import DEFAULT_MIN_STEPS
 from autotransfer.errors import UserError
 from autotransfer.settings import PRECISIONS, SAMPLERS, SCHEDULERS
+from autotransfer.strategies import list_strategies
 from autotransfer.tasks import TaskOption, declared_spec, task_names, task_spec
 
 SEARCH_EXAMPLES = """\
@@ -77,7 +78,7 @@ def _add_search(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
                         "train/validation(dev)/test files")
     g.add_argument("--space", type=Path, help="search space YAML (default: search_spaces/<task>.yaml)")
     g.add_argument("--backbones", help="comma-separated backbones replacing the space's (hub ids or folders)")
-    g.add_argument("--strategies", help="comma-separated subset: linear_probe,freeze,full,lora")
+    g.add_argument("--strategies", help=f"comma-separated subset: {','.join(list_strategies())}")
     g.add_argument("--metric", help="validation metric to maximise (default: the task's, accuracy for text-cls and "
                                     "image-cls; an unknown name lists the task's metrics)")
     d = p.add_argument_group("data")

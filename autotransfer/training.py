@@ -14,6 +14,7 @@ are written only when the trial's validation metric improves.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -118,7 +119,7 @@ def build_trial_model(task: Task, backbone: BackboneInfo, label_names: list[str]
     """The classifier for one configuration, with its strategy applied."""
     strategy = get_strategy(config["strategy"])
     bundle = task.build(backbone, label_names, {"trust_remote_code": trust_remote_code})
-    return strategy, strategy.apply(bundle, config)
+    return strategy, dataclasses.replace(strategy.apply(bundle, config), bundle=bundle)
 
 
 def load_trainable(model: nn.Module, checkpoint_dir: str | Path) -> dict[str, Any]:
@@ -155,6 +156,25 @@ def lr_schedule(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, 
     from transformers import get_scheduler
 
     return get_scheduler(SCHEDULES[name], optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def _optimization(groups: list[dict[str, Any]], config: Mapping[str, Any], device: torch.device, step: int,
+                  total_steps: int, previous: Optional[torch.optim.Optimizer] = None) -> tuple[Any, Any]:
+    """(optimizer, schedule) for a phase's parameter groups, the schedule advanced to ``step``.
+
+    At a phase change the parameters that go on training keep their optimizer state (AdamW's moments,
+    SGD's momentum) from ``previous``; the schedule runs once over the whole trial."""
+    optimizer = _optimizer(groups, float(config.get("weight_decay", 0.01)), device, str(config.get("optimizer", "adamw")))
+    if previous is not None:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param in previous.state:
+                    optimizer.state[param] = previous.state[param]
+    scheduler = lr_schedule(optimizer, str(config.get("scheduler", "linear")),
+                            int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)), total_steps)
+    for _ in range(step):
+        scheduler.step()
+    return optimizer, scheduler
 
 
 def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.device,
@@ -274,8 +294,6 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
               VAL_EXAMPLES: n_val}
     if strategy.fits_head_on_features:
         return _fit_head(strategy, adapted, config, ctx, task, prepared, batch_size, device, dtype, report, common)
-    optimizer = _optimizer(adapted.param_groups, float(config.get("weight_decay", 0.01)), device,
-                           str(config.get("optimizer", "adamw")))
     budget = ctx.budget_for(n_train, batch_size)
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     eval_at: list[int] = []
@@ -283,15 +301,20 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
         eval_at.append(max(at, eval_at[-1] + 1) if eval_at else at)
     total_steps = eval_at[-1]
     evals = set(eval_at)
-    scheduler = lr_schedule(optimizer, str(config.get("scheduler", "linear")),
-                            int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)), total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
-    smoothing = float(config.get("label_smoothing", 0.0))
-
     step = int(state.get("step", 0))
     best = float(state.get("best", -math.inf))
-    for _ in range(step):
-        scheduler.step()
+    bundle = adapted.bundle
+    starts = strategy.phase_starts(config, bundle, steps_per_epoch, total_steps) if bundle is not None else []
+    if strategy.fits_head_first and step == 0:  # phase 0: the head fitted on frozen features
+        _fit_classifier(strategy, adapted, config, ctx, task, prepared, batch_size, device, dtype)
+    phase = sum(1 for at in starts if at <= step)  # a restored trial continues in its phase
+    if phase:
+        adapted = strategy.apply(bundle, config, phase)  # type: ignore[arg-type]
+        train_mode(model)
+        common["trainable_params"] = count_parameters(model)[0]
+    optimizer, scheduler = _optimization(adapted.param_groups, config, device, step, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
+    smoothing = float(config.get("label_smoothing", 0.0))
     last: dict[str, Any] = {}
     loss_sum = torch.zeros((), device=device)
     loss_n, seen, train_time = 0, 0, 0.0
@@ -320,6 +343,13 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
             scaler.update()
             scheduler.step()
             step += 1
+            if phase < len(starts) and step == starts[phase]:  # the strategy's next phase: what trains changes
+                phase += 1
+                adapted = strategy.apply(bundle, config, phase)  # type: ignore[arg-type]
+                optimizer, scheduler = _optimization(adapted.param_groups, config, device, step, total_steps,
+                                                     previous=optimizer)
+                train_mode(model)
+                common["trainable_params"] = count_parameters(model)[0]
             loss_sum += loss.detach()
             loss_n += 1
             seen += len(next(iter(inputs.values())))
@@ -343,13 +373,13 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
                     last[FINISHED] = True
                 loss_sum.zero_()
                 loss_n = 0
-                best = _report(model, last, preds, best, step, ctx.metric, report)
+                best = _report(model, last, preds, best, step, ctx.metric, report, phase)
                 t0 = time.perf_counter()
     return last
 
 
 def _report(model: nn.Module, result: dict[str, Any], preds: np.ndarray, best: float, step: int, metric: str,
-            report: Reporter) -> float:
+            report: Reporter, phase: int = 0) -> float:
     """Report one evaluation; an improvement also checkpoints the trainable tensors and the validation
     predictions (for the leaderboard's confidence intervals).  Returns the new best."""
     if result[metric] > best:
@@ -358,7 +388,7 @@ def _report(model: nn.Module, result: dict[str, Any], preds: np.ndarray, best: f
         with tempfile.TemporaryDirectory(prefix="autotransfer-ckpt-") as tmp:
             save_file(trainable_state(model), str(Path(tmp) / WEIGHTS_FILE))
             np.save(Path(tmp) / PREDICTIONS_FILE, preds.astype(np.int32))
-            (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "best": best}))
+            (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "best": best, "phase": phase}))
             report(result, tmp)
     else:
         result["best_" + metric] = best
@@ -388,11 +418,11 @@ def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared:
     return np.concatenate(features), np.concatenate(labels)
 
 
-def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], ctx: TrialContext, task: Task,
-              prepared: Any, batch_size: int, device: torch.device, dtype: Optional[torch.dtype], report: Reporter,
-              common: dict[str, Any]) -> dict[str, Any]:
-    """A strategy that fits its head on frozen features: one forward pass over train, a convex fit, one
-    evaluation.  The trial's whole budget, so its one report is its last."""
+def _fit_classifier(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], ctx: TrialContext, task: Task,
+                    prepared: Any, batch_size: int, device: torch.device,
+                    dtype: Optional[torch.dtype]) -> tuple[int, float]:
+    """Fit the head's last linear layer on the frozen features of the training split (one forward pass and a
+    convex fit); returns (examples, seconds)."""
     if adapted.classifier is None:
         raise TrialFailed("no linear classifier found in the head to fit on features")
     t0 = time.perf_counter()
@@ -402,10 +432,19 @@ def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], c
     with torch.no_grad():
         adapted.classifier.weight.copy_(torch.as_tensor(weight, dtype=adapted.classifier.weight.dtype))
         adapted.classifier.bias.copy_(torch.as_tensor(bias, dtype=adapted.classifier.bias.dtype))
-    elapsed = time.perf_counter() - t0
+    train_mode(adapted.model)  # head_features left it in eval mode
+    return len(labels), time.perf_counter() - t0
+
+
+def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], ctx: TrialContext, task: Task,
+              prepared: Any, batch_size: int, device: torch.device, dtype: Optional[torch.dtype], report: Reporter,
+              common: dict[str, Any]) -> dict[str, Any]:
+    """A strategy that fits its head on frozen features: one forward pass over train, a convex fit, one
+    evaluation.  The trial's whole budget, so its one report is its last."""
+    examples, elapsed = _fit_classifier(strategy, adapted, config, ctx, task, prepared, batch_size, device, dtype)
     metrics, preds = evaluate(adapted.model, task, prepared, "validation", batch_size, device, dtype)
     last = {**{k: v for k, v in metrics.items() if k != "loss"}, "val_loss": metrics["loss"], "train_loss": None,
-            "epoch": 1.0, "step": 0, "samples_per_s": len(labels) / elapsed if elapsed > 0 else 0.0,
+            "epoch": 1.0, "step": 0, "samples_per_s": examples / elapsed if elapsed > 0 else 0.0,
             "batch_size_used": batch_size, **common, FINISHED: True}
     _report(adapted.model, last, preds, -math.inf, 0, ctx.metric, report)
     return last

@@ -108,3 +108,20 @@ def test_frozen_batchnorm_keeps_its_pretrained_statistics(tiny_resnet):
     full = get_strategy("full").apply(TASK.build(info, ["blue", "red"], {}), {}).model
     train_mode(full)
     assert any(m.training for m in full.modules() if isinstance(m, torch.nn.BatchNorm2d))  # trainable BN still adapts
+
+
+def test_each_unfreezing_phase_freezes_batchnorm_exactly_where_weights_are_frozen(tiny_resnet):
+    from autotransfer.training import train_mode
+
+    info = TASK.describe_backbone(f"local-dir:{tiny_resnet}", _S())
+    bundle = TASK.build(info, ["blue", "red"], {})
+    strategy = get_strategy("gradual_unfreeze")
+    norms = {n: m for n, m in bundle.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert norms
+    for phase in range(bundle.num_layers + 3):
+        model = strategy.apply(bundle, {"lr": 1e-3}, phase).model
+        train_mode(model)
+        for name, norm in norms.items():
+            trains = any(p.requires_grad for p in norm.parameters(recurse=False))
+            assert norm.training == trains, (phase, name)
+    assert all(m.training for m in norms.values())  # the last phases thaw everything

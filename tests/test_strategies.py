@@ -87,3 +87,34 @@ def test_lora_trains_fewer_parameters_and_merges_to_the_same_function(backbone):
     merged = strategy.finalize(adapted.model)
     assert not any("lora" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(merged(**x).logits, before, atol=1e-5, rtol=1e-4)
+
+
+def test_gradual_unfreeze_thaws_one_group_per_phase_from_the_top(backbone):
+    strategy = get_strategy("gradual_unfreeze")
+    bundle = _bundle(backbone)
+    config = {"lr": 1e-3, "head_lr": 1e-2, "layer_decay": 0.5, "unfreeze_every": 1.0}
+    groups = [names for names in (bundle.stem, *bundle.blocks, bundle.tail) if names]
+    assert strategy.phase_starts(config, bundle, 10, 1000) == [10 * k for k in range(1, len(groups) + 1)]
+    assert strategy.phase_starts({**config, "unfreeze_every": 0.5}, bundle, 10, 12) == [5, 10]  # within budget
+    previous = set()
+    for phase in range(len(groups) + 2):  # past the last group nothing more thaws
+        adapted = strategy.apply(bundle, config, phase)
+        trainable = _trainable_names(adapted.model)
+        thawed = [n for names in groups[max(0, len(groups) - phase):] for n in names] if phase else []
+        assert trainable == set(bundle.head) | set(thawed)
+        assert previous <= trainable  # once thawed, a group keeps training
+        previous = trainable
+        rates = sorted({g["lr"] for g in adapted.param_groups})
+        top = min(phase, len(groups))
+        assert rates == sorted({1e-2} | {1e-3 * 0.5 ** k for k in range(top)})  # discriminative rates
+
+
+def test_lp_ft_probes_then_fine_tunes_everything(backbone):
+    strategy = get_strategy("lp_ft")
+    bundle = _bundle(backbone)
+    assert strategy.fits_head_first and not strategy.fits_head_on_features
+    assert strategy.phase_starts({}, bundle, 10, 100) == [0]
+    probe = strategy.apply(bundle, {"C": 1.0}, 0)
+    assert _trainable_names(probe.model) == set(bundle.head) and probe.classifier is not None
+    full = strategy.apply(bundle, {"lr": 1e-3, "layer_decay": 1.0}, 1)
+    assert count_parameters(full.model)[0] == count_parameters(full.model)[1]

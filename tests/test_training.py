@@ -207,3 +207,64 @@ def test_a_trial_trains_with_the_schedule_and_optimizer_its_config_names(ctx, mo
     assert used == {"scheduler": "cosine", "optimizer": "SGD"}
     train(config, short, lambda metrics, checkpoint_dir: None)  # neither named: the defaults
     assert used == {"scheduler": "linear", "optimizer": "AdamW"}
+
+
+def test_lp_ft_starts_fine_tuning_from_the_fitted_probe(ctx):
+    """With zero learning rates the fine-tuning phase changes nothing: the trial scores exactly what the linear
+    probe scores, so phase 0 fitted the head and phase 1 started from it."""
+    import dataclasses
+
+    short = dataclasses.replace(ctx, max_epochs=1, evals_per_epoch=1)
+    bb = next(iter(ctx.backbones))
+    probe = train({"backbone": bb, "strategy": "linear_probe", "C": 1.0, "batch_size": 16}, short, lambda m, c: None)
+    frozen_ft = train({"backbone": bb, "strategy": "lp_ft", "C": 1.0, "lr": 0.0, "head_lr": 0.0, "batch_size": 16},
+                      short, lambda m, c: None)
+    assert frozen_ft["accuracy"] == probe["accuracy"] and frozen_ft["val_loss"] == pytest.approx(probe["val_loss"])
+    tuned = train({"backbone": bb, "strategy": "lp_ft", "C": 1.0, "lr": 2e-3, "batch_size": 16}, short,
+                  lambda m, c: None)
+    assert tuned["trainable_params"] == tuned["total_params"] and tuned["val_loss"] != probe["val_loss"]
+
+
+def test_a_phase_change_keeps_the_optimizer_state_of_what_goes_on_training():
+    import torch
+
+    from autotransfer.training import _optimization
+
+    a, b = torch.nn.Parameter(torch.ones(3, 3)), torch.nn.Parameter(torch.ones(3, 3))
+    first, _ = _optimization([{"params": [a], "lr": 0.1}], {}, torch.device("cpu"), 0, 10)
+    a.grad = torch.ones(3, 3)
+    first.step()
+    second, schedule = _optimization([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.1}], {},
+                                     torch.device("cpu"), 4, 10, previous=first)
+    assert second.state[a] is first.state[a] and b not in second.state
+    assert schedule.last_epoch == 4  # the schedule continues where the trial is
+
+
+def test_gradual_unfreeze_trains_only_the_groups_thawed_so_far(ctx, monkeypatch):
+    import dataclasses
+
+    import autotransfer.training as training
+
+    built = []
+    real = training.build_trial_model
+
+    def build(*args, **kwargs):
+        strategy, adapted = real(*args, **kwargs)
+        built.append((adapted.model, {n: p.detach().clone() for n, p in adapted.model.named_parameters()}))
+        return strategy, adapted
+
+    monkeypatch.setattr(training, "build_trial_model", build)
+    two = dataclasses.replace(ctx, max_epochs=2, evals_per_epoch=1)
+    last = train({"backbone": next(iter(ctx.backbones)), "strategy": "gradual_unfreeze", "lr": 1e-3,
+                  "unfreeze_every": 1.0, "batch_size": 16}, two, lambda m, c: None)
+    model, before = built[0]
+    bundle_blocks = [n for n, _ in model.named_parameters() if ".layer." in n]
+    changed = {n for n, p in model.named_parameters() if not torch_equal(p, before[n])}
+    assert changed and not (changed & set(bundle_blocks))  # one epoch of head, one of the top group (the tail)
+    assert last["trainable_params"] < last["total_params"]
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a.detach(), b)

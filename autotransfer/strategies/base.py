@@ -55,6 +55,8 @@ class Adapted:
     param_groups: list[dict[str, Any]]
     #: the head's final linear layer, for strategies that fit it on frozen features
     classifier: Optional[nn.Module] = None
+    #: the model's layout, for strategies whose later phases re-apply themselves (set by the training loop)
+    bundle: Optional[ModelBundle] = None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -80,15 +82,26 @@ class Strategy:
     #: the backbone stays frozen and :meth:`fit_head` fits the head's last linear layer on the features it
     #: sees, computed once (instead of epochs of gradient steps through the frozen backbone)
     fits_head_on_features: ClassVar[bool] = False
+    #: phase 0 fits the head on frozen features (as ``fits_head_on_features``), then the later phases train
+    fits_head_first: ClassVar[bool] = False
 
     def hp(self, config: Mapping[str, Any], name: str) -> Any:
         if name in config and config[name] is not None:
             return config[name]
         return self.defaults[name]
 
-    def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
-        """Freeze/wrap ``bundle.model`` and return it with its optimizer parameter groups."""
+    def apply(self, bundle: ModelBundle, config: Mapping[str, Any], phase: int = 0) -> Adapted:
+        """Freeze/wrap ``bundle.model`` for ``phase`` and return it with its optimizer parameter groups.
+
+        Phase 0 is applied when the model is built; a strategy with :meth:`phase_starts` is applied again with
+        ``phase=k`` at the step where phase ``k`` begins (the loop then rebuilds the optimizer, continues the
+        schedule and re-freezes BatchNorm statistics where weights are frozen)."""
         raise NotImplementedError
+
+    def phase_starts(self, config: Mapping[str, Any], bundle: ModelBundle, steps_per_epoch: int,
+                     total_steps: int) -> list[int]:
+        """The optimizer steps at which phases 1, 2... begin (increasing); none: the strategy has one phase."""
+        return []
 
     def fit_head(self, features: np.ndarray, labels: np.ndarray, num_classes: int, config: Mapping[str, Any],
                  threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +133,14 @@ def final_linear(bundle: ModelBundle) -> Optional[nn.Module]:
         if isinstance(module, nn.Linear):
             last = module
     return last
+
+
+def layer_groups(bundle: ModelBundle, lr: float, decay: float) -> list[tuple[list[str], float]]:
+    """The backbone's parameter groups from the input up (stem, blocks..., tail), each with its learning rate:
+    ``lr`` for the tail just below the head, ``decay`` times less per group further down (layer-wise decay)."""
+    ordered = [names for names in (bundle.stem, *bundle.blocks, bundle.tail) if names]
+    top = len(ordered) - 1
+    return [(names, lr * decay ** (top - i)) for i, names in enumerate(ordered)]
 
 
 def freeze_all(model: nn.Module) -> None:

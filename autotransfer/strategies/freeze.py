@@ -22,7 +22,7 @@ class Freeze(Strategy):
     }
     defaults = {"freeze_depth": None, "lr": 5e-5, "head_lr": None}
 
-    def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
+    def apply(self, bundle: ModelBundle, config: Mapping[str, Any], phase: int = 0) -> Adapted:
         depth = int(config.get("freeze_depth") or 0)
         depth = max(0, min(depth, bundle.num_layers))
         lr = float(self.hp(config, "lr"))

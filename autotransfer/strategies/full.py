@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from autotransfer.strategies import register_strategy
-from autotransfer.strategies.base import Adapted, ModelBundle, Strategy, set_trainable
+from autotransfer.strategies.base import Adapted, ModelBundle, Strategy, layer_groups, set_trainable
 
 
 @register_strategy
@@ -22,15 +22,11 @@ class Full(Strategy):
     }
     defaults = {"lr": 3e-5, "head_lr": None, "layer_decay": 1.0}
 
-    def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
+    def apply(self, bundle: ModelBundle, config: Mapping[str, Any], phase: int = 0) -> Adapted:
         set_trainable(bundle.model.parameters(), True)
         lr = float(self.hp(config, "lr"))
         head_lr = config.get("head_lr") or lr
-        decay = float(self.hp(config, "layer_decay"))
-        # stem, blocks..., tail: the tail sits just below the head and gets the full lr
-        ordered = [bundle.stem, *bundle.blocks, bundle.tail]
-        top = len(ordered) - 1
-        groups = [{"params": bundle.params(names), "lr": lr * decay ** (top - i)}
-                  for i, names in enumerate(ordered) if names]
+        groups = [{"params": bundle.params(names), "lr": group_lr}
+                  for names, group_lr in layer_groups(bundle, lr, float(self.hp(config, "layer_decay")))]
         groups.append({"params": bundle.params(bundle.head), "lr": head_lr})
         return Adapted(bundle.model, self.only_trainable(groups))

@@ -31,7 +31,7 @@ class LinearProbe(Strategy):
     defaults = {"C": 1.0}
     fits_head_on_features = True
 
-    def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
+    def apply(self, bundle: ModelBundle, config: Mapping[str, Any], phase: int = 0) -> Adapted:
         freeze_all(bundle.model)
         head = bundle.params(bundle.head)
         set_trainable(head, True)  # checkpointed with the trial (a fresh pooler keeps its initialisation)

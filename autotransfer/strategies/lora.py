@@ -26,7 +26,7 @@ class Lora(Strategy):
     }
     defaults = {"lr": 5e-4, "head_lr": None, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
 
-    def apply(self, bundle: ModelBundle, config: Mapping[str, Any]) -> Adapted:
+    def apply(self, bundle: ModelBundle, config: Mapping[str, Any], phase: int = 0) -> Adapted:
         from peft import LoraConfig, get_peft_model
 
         if not bundle.lora_targets:
