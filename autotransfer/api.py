@@ -133,7 +133,7 @@ class _Search:
         import numpy as np
 
         from autotransfer.storage import local_copy
-        from autotransfer.training import PREDICTIONS_FILE
+        from autotransfer.checkpoints import PREDICTIONS_FILE
         from autotransfer.uncertainty import intervals
 
         predictions = {}

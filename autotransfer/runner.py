@@ -177,8 +177,9 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
         run_config=tune.RunConfig(
             name=TUNE_DIR,
             storage_path=settings.tune_storage,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
-                                                    checkpoint_score_order=MODE),
+            # a trial checkpoints at every evaluation, its best weights inside (autotransfer.checkpoints):
+            # the latest one is all a resume or the export needs
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # only lost workers/nodes raise here (a trial's own errors are reported, see run_trial): retry those
             # from the trial's last checkpoint
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),

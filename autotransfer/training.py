@@ -27,22 +27,16 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from autotransfer.budget import Budget, derive_budget
 from autotransfer.results import FINISHED, VAL_EXAMPLES
 from autotransfer.strategies import Adapted, Strategy, count_parameters, get_strategy
-from autotransfer.strategies.base import trainable_state
+from autotransfer.checkpoints import (FILES, STATE_FILE, WEIGHTS_FILE, Checkpointer, Reporter,
+                                      restore_latest, restore_optimization)
 from autotransfer.tasks import BackboneInfo, Task, get_task
 
-#: reporter(metrics, checkpoint_dir or None)
-Reporter = Callable[[dict[str, Any], Optional[str]], None]
-WEIGHTS_FILE = "trainable.safetensors"
-STATE_FILE = "trial_state.json"
-#: the validation predictions of the checkpointed model: the objective's decoded rows in split order, int32
-#: (a class id per example; a row of tag ids per sentence for a tagger)
-PREDICTIONS_FILE = "val_predictions.npy"
 #: how often (in steps) the loss is checked for NaN/inf between evaluations
 FINITE_CHECK_EVERY = 25
 
@@ -284,7 +278,10 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
     model = adapted.model
     state: dict[str, Any] = {}
     if restore_dir is not None:
-        state = load_trainable(model, restore_dir)
+        try:
+            state = restore_latest(model, restore_dir)
+        except ValueError as exc:
+            raise TrialFailed(str(exc)) from None
     model.to(device)
     train_mode(model)
     trainable, total = count_parameters(model)
@@ -302,7 +299,7 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
     total_steps = eval_at[-1]
     evals = set(eval_at)
     step = int(state.get("step", 0))
-    best = float(state.get("best", -math.inf))
+    checkpoints = Checkpointer(ctx.metric, report, restore_dir)
     bundle = adapted.bundle
     starts = strategy.phase_starts(config, bundle, steps_per_epoch, total_steps) if bundle is not None else []
     if strategy.fits_head_first and step == 0:  # phase 0: the head fitted on frozen features
@@ -314,6 +311,8 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
         common["trainable_params"] = count_parameters(model)[0]
     optimizer, scheduler = _optimization(adapted.param_groups, config, device, step, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
+    if restore_dir is not None and state.get("resumable"):
+        restore_optimization(restore_dir, optimizer, scaler)  # exactly where the trial stopped
     smoothing = float(config.get("label_smoothing", 0.0))
     last: dict[str, Any] = {}
     loss_sum = torch.zeros((), device=device)
@@ -373,27 +372,9 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
                     last[FINISHED] = True
                 loss_sum.zero_()
                 loss_n = 0
-                best = _report(model, last, preds, best, step, ctx.metric, report, phase)
+                checkpoints.evaluation(model, last, preds, step, phase, optimizer, scaler)
                 t0 = time.perf_counter()
     return last
-
-
-def _report(model: nn.Module, result: dict[str, Any], preds: np.ndarray, best: float, step: int, metric: str,
-            report: Reporter, phase: int = 0) -> float:
-    """Report one evaluation; an improvement also checkpoints the trainable tensors and the validation
-    predictions (for the leaderboard's confidence intervals).  Returns the new best."""
-    if result[metric] > best:
-        best = result[metric]
-        result["best_" + metric] = best
-        with tempfile.TemporaryDirectory(prefix="autotransfer-ckpt-") as tmp:
-            save_file(trainable_state(model), str(Path(tmp) / WEIGHTS_FILE))
-            np.save(Path(tmp) / PREDICTIONS_FILE, preds.astype(np.int32))
-            (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "best": best, "phase": phase}))
-            report(result, tmp)
-    else:
-        result["best_" + metric] = best
-        report(result, None)
-    return best
 
 
 @torch.inference_mode()
@@ -446,7 +427,7 @@ def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], c
     last = {**{k: v for k, v in metrics.items() if k != "loss"}, "val_loss": metrics["loss"], "train_loss": None,
             "epoch": 1.0, "step": 0, "samples_per_s": examples / elapsed if elapsed > 0 else 0.0,
             "batch_size_used": batch_size, **common, FINISHED: True}
-    _report(adapted.model, last, preds, -math.inf, 0, ctx.metric, report)
+    Checkpointer(ctx.metric, report).evaluation(adapted.model, last, preds, 0)
     return last
 
 
@@ -553,7 +534,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             return
         with checkpoint.as_directory() as restore_dir:
             with tempfile.TemporaryDirectory(prefix="autotransfer-restore-") as tmp:
-                for name in (WEIGHTS_FILE, STATE_FILE, PREDICTIONS_FILE):
+                for name in FILES:
                     src = Path(restore_dir) / name
                     if src.exists():
                         (Path(tmp) / name).write_bytes(src.read_bytes())

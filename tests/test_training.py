@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from autotransfer.export import export_best
 from autotransfer.results import COMPLETED, TrialRecord
@@ -16,13 +17,20 @@ def ctx(text_ctx):
     return text_ctx
 
 
-def test_full_finetuning_learns_and_checkpoints_only_improvements(ctx, tmp_path):
+def test_full_finetuning_learns_and_checkpoints_every_evaluation_with_the_best_weights(ctx, tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors.torch import load_file
+
     reports, saved = [], []
 
     def report(metrics, checkpoint_dir):
         reports.append(metrics)
-        if checkpoint_dir:
-            saved.append(sorted(p.name for p in Path(checkpoint_dir).iterdir()))
+        folder = Path(checkpoint_dir)
+        saved.append((sorted(p.name for p in folder.iterdir()), load_file(str(folder / "trainable.safetensors")),
+                      json.loads((folder / "trial_state.json").read_text()),
+                      np.load(folder / "val_predictions.npy")))
 
     config = {"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 2e-3, "batch_size": 16}
     last = train(config, ctx, report)
@@ -30,10 +38,13 @@ def test_full_finetuning_learns_and_checkpoints_only_improvements(ctx, tmp_path)
     epochs = [r["epoch"] for r in reports]
     assert epochs == sorted(epochs) and epochs[1::2] == [1.0, 2.0, 3.0, 4.0]  # two evaluations per epoch
     assert max(r["accuracy"] for r in reports) > 0.7  # the cue words are learnable (12% label noise)
-    improvements = sum(1 for i, r in enumerate(reports)
-                       if r["accuracy"] > max([x["accuracy"] for x in reports[:i]], default=-1))
-    assert len(saved) == improvements  # a checkpoint only when the metric improved
-    assert saved[0] == ["trainable.safetensors", "trial_state.json", "val_predictions.npy"]
+    assert len(saved) == len(reports)  # a checkpoint at every evaluation
+    for i, (files, weights, state, _) in enumerate(saved):
+        best_at = max(range(i + 1), key=lambda k: (reports[k]["accuracy"], -k))  # the first evaluation at the best
+        assert state["best"] == reports[best_at]["accuracy"] and state["step"] == reports[i]["step"]
+        assert state["best_step"] == reports[best_at]["step"]
+        assert all(torch_equal(weights[k], saved[best_at][1][k]) for k in weights)  # the best weights, kept
+        assert ("latest.safetensors" in files) == (best_at != i) and "resume.pt" in files
     assert last["trial_finished"] and last["val_examples"] == 80 and not any(r.get("trial_finished")
                                                                              for r in reports[:-1])
     assert last["trainable_params"] == last["total_params"]
@@ -264,7 +275,56 @@ def test_gradual_unfreeze_trains_only_the_groups_thawed_so_far(ctx, monkeypatch)
     assert last["trainable_params"] < last["total_params"]
 
 
-def torch_equal(a, b):
+def torch_equal(a, b):  # noqa: D103
     import torch
 
     return torch.equal(a.detach(), b)
+
+
+def test_a_trial_resumed_from_its_last_checkpoint_ends_where_an_uninterrupted_one_does(ctx, tmp_path):
+    """Stopped after the 3rd of 8 evaluations (mid-epoch: two per epoch) and resumed from that checkpoint, the
+    trial ends with the same weights as one that ran through: optimizer moments, step, schedule, dropout RNG
+    and data order all continue."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from autotransfer.training import _train
+
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "full", "lr": 2e-3, "batch_size": 16,
+              "warmup_ratio": 0.1}
+    short = dataclasses.replace(ctx, max_epochs=4, evals_per_epoch=2)
+    finals = {}
+
+    def run(name, restore=None, stop_after=None):
+        count = [0]
+
+        def report(metrics, checkpoint_dir):
+            count[0] += 1
+            target = tmp_path / f"{name}-{count[0]}"
+            shutil.copytree(checkpoint_dir, target)
+            finals[name] = target
+            if count[0] == stop_after:
+                raise KeyboardInterrupt  # the worker dies here
+
+        try:
+            _train(config, short, report, str(restore) if restore else None, 16)
+        except KeyboardInterrupt:
+            pass
+        return finals[name]
+
+    through = run("through")
+    stopped = run("stopped", stop_after=3)
+    resumed = run("resumed", restore=stopped)
+
+    def weights(folder):
+        tensors = load_file(str(folder / "trainable.safetensors"))
+        if (folder / "latest.safetensors").exists():
+            tensors.update(load_file(str(folder / "latest.safetensors")))
+        return tensors
+
+    a, b = weights(through), weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
