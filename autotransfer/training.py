@@ -18,6 +18,7 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import tempfile
 import time
 import traceback
@@ -37,6 +38,8 @@ from autotransfer.checkpoints import (FILES, STATE_FILE, WEIGHTS_FILE, Checkpoin
                                       restore_latest, restore_optimization)
 from autotransfer.tasks import BackboneInfo, Task, get_task
 
+#: seconds a reused Ray worker waits for a stopped trial's thread to end (Ray's default: 2)
+THREAD_TIMEOUT_S = 30
 #: how often (in steps) the loss is checked for NaN/inf between evaluations
 FINITE_CHECK_EVERY = 25
 
@@ -519,6 +522,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from autotransfer.results import NODE_ID, TRIAL_ERROR, one_line
     from autotransfer.shipping import use_local_folders
 
+    # Ray reuses this worker for the next trial only once this trial's thread has ended, and waits 2 s for it
+    # (read here, in the worker, at reuse time): less than one training step or checkpoint write takes on a
+    # loaded CPU, and the next trial then failed with "Trainable runner reuse requires reset_config()". The
+    # thread checks for a stop every step, so it ends within one step: allow 30 s
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_TIMEOUT_S))
     node = ray.get_runtime_context().get_node_id()
     should_stop = _stop_signal()
 
