@@ -7,8 +7,10 @@ validation split ``evals_per_epoch`` times per epoch and report each evaluation
 Tune entry point that plugs in ``tune.report`` and restores from
 ``tune.get_checkpoint()``.
 
-Checkpoints hold only the trainable tensors (a linear probe's is a few KB) and
-are written only when the trial's validation metric improves.
+A checkpoint is written at every evaluation (:mod:`autotransfer.checkpoints`): the best trainable
+tensors so far (a linear probe's are a few KB) and what resuming exactly from there needs.  A
+strategy with phases (:meth:`~autotransfer.strategies.base.Strategy.phase_starts`) is re-applied
+where each phase begins.
 """
 
 from __future__ import annotations
