@@ -96,19 +96,27 @@ def read_state(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def restore_latest(model: "nn.Module", folder: str | Path) -> dict[str, Any]:
-    """Put ``model`` at the checkpoint's latest evaluation (its best one, when that was the latest); returns the
-    trial state.  A checkpoint without resume data (older, or a head fitted in one go) restarts from its best."""
-    folder = Path(folder)
-    tensors = load_file(str(folder / WEIGHTS_FILE))
-    if (folder / LATEST_FILE).exists():
-        tensors.update(load_file(str(folder / LATEST_FILE)))
+def _load_into(model: "nn.Module", path: Path) -> None:
+    tensors = load_file(str(path))
     named = dict(model.named_parameters())
     missing = [k for k in tensors if k not in named]
     if missing:
         raise ValueError(f"checkpoint does not match the model (e.g. {missing[0]})")
     model.load_state_dict(tensors, strict=False)
-    state = read_state(folder)
+
+
+def load_best(model: "nn.Module", folder: str | Path) -> dict[str, Any]:
+    """Load the checkpoint's best trainable tensors into ``model`` (what export uses); returns the trial state."""
+    _load_into(model, Path(folder) / WEIGHTS_FILE)
+    return read_state(Path(folder))
+
+
+def restore_latest(model: "nn.Module", folder: str | Path) -> dict[str, Any]:
+    """Put ``model`` at the checkpoint's latest evaluation (its best one, when that was the latest); returns the
+    trial state.  A checkpoint without resume data (older, or a head fitted in one go) restarts from its best."""
+    state = load_best(model, folder)
+    if (Path(folder) / LATEST_FILE).exists():
+        _load_into(model, Path(folder) / LATEST_FILE)
     if not state.get("resumable"):
         state["step"] = int(state.get("best_step", state.get("step", 0)))
     return state

@@ -16,7 +16,7 @@ from autotransfer.budget import DEFAULT_MIN_STEPS
 from autotransfer.errors import UserError
 from autotransfer.settings import PRECISIONS, SAMPLERS, SCHEDULERS
 from autotransfer.strategies import list_strategies
-from autotransfer.tasks import TaskOption, declared_spec, task_names, task_spec
+from autotransfer.tasks import TaskOption, declared_specs, task_names, task_spec
 
 SEARCH_EXAMPLES = """\
 examples:
@@ -52,7 +52,7 @@ OPTION_PREFIX = "task_option:"
 def task_options(argv: Sequence[str] = ()) -> dict[TaskOption, list[str]]:
     """Each task data option (``--text-col``...) -> the tasks that read it: every declared task's, and a plugin
     task's named by ``--task`` in ``argv`` (its implementation is imported for them)."""
-    specs = [s for s in map(declared_spec, task_names()) if s is not None]
+    specs = declared_specs()
     chosen = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--task"), None)
     if chosen in task_names() and all(s.name != chosen for s in specs):
         specs.append(task_spec(chosen))

@@ -211,14 +211,14 @@ class SearchSettings:
 
     def _check_options(self) -> None:
         """Only the options the task declares, each a non-empty string (a column name)."""
-        from autotransfer.tasks import declared_spec, task_names, task_spec
+        from autotransfer.tasks import declared_specs, task_spec
 
         spec = task_spec(self.task)
         self.options = {k: v for k, v in dict(self.options or {}).items() if v is not None}
         for name, value in self.options.items():
             flag = "--" + name.replace("_", "-")
             if spec.option(name) is None:
-                users = [t for t in task_names() if (d := declared_spec(t)) is not None and d.option(name)]
+                users = [d.name for d in declared_specs() if d.option(name)]
                 raise UserError(f"{flag}: {self.task} has no such option"
                                 + (f" (it is {' and '.join(users)}'s)" if users else "")
                                 + (f"; its options: {', '.join(o.flag for o in spec.options)}" if spec.options
@@ -286,9 +286,11 @@ class SearchSettings:
     def from_dict(cls, data: dict[str, Any]) -> "SearchSettings":
         """Settings saved by :meth:`to_dict` (runs saved before task options existed kept the columns at the
         top level: they become options)."""
+        from autotransfer.tasks import declared_specs
+
         names = {f.name for f in dataclasses.fields(cls)}
-        legacy = {k: data[k] for k in ("text_col", "text_pair_col", "image_col", "label_col")
-                  if data.get(k) is not None}
+        legacy = {o.name: data[o.name] for spec in declared_specs() for o in spec.options
+                  if data.get(o.name) is not None}
         fields = {k: v for k, v in data.items() if k in names}
         return cls(**{**fields, "options": {**legacy, **(fields.get("options") or {})}})
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import math
 import os
 import tempfile
@@ -30,13 +29,12 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from autotransfer.budget import Budget, derive_budget
 from autotransfer.results import FINISHED, VAL_EXAMPLES
 from autotransfer.strategies import Adapted, Strategy, count_parameters, get_strategy
-from autotransfer.checkpoints import (FILES, STATE_FILE, WEIGHTS_FILE, Checkpointer, Reporter,
+from autotransfer.checkpoints import (FILES, STATE_FILE, WEIGHTS_FILE, Checkpointer, Reporter, load_best,
                                       restore_latest, restore_optimization)
 from autotransfer.tasks import BackboneInfo, Task, get_task
 
@@ -122,14 +120,11 @@ def build_trial_model(task: Task, backbone: BackboneInfo, label_names: list[str]
 
 
 def load_trainable(model: nn.Module, checkpoint_dir: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's trainable tensors into ``model``; returns the saved trial state."""
-    tensors = load_file(str(Path(checkpoint_dir) / WEIGHTS_FILE))
-    missing = [k for k in tensors if k not in dict(model.named_parameters())]
-    if missing:
-        raise TrialFailed(f"checkpoint does not match the model (e.g. {missing[0]})")
-    model.load_state_dict(tensors, strict=False)
-    state_path = Path(checkpoint_dir) / STATE_FILE
-    return json.loads(state_path.read_text()) if state_path.exists() else {}
+    """Load a checkpoint's best trainable tensors into ``model``; returns the saved trial state."""
+    try:
+        return load_best(model, checkpoint_dir)
+    except ValueError as exc:
+        raise TrialFailed(str(exc)) from None
 
 
 def train_mode(model: nn.Module) -> None:

@@ -43,7 +43,7 @@ def test_full_finetuning_learns_and_checkpoints_every_evaluation_with_the_best_w
         best_at = max(range(i + 1), key=lambda k: (reports[k]["accuracy"], -k))  # the first evaluation at the best
         assert state["best"] == reports[best_at]["accuracy"] and state["step"] == reports[i]["step"]
         assert state["best_step"] == reports[best_at]["step"]
-        assert all(torch_equal(weights[k], saved[best_at][1][k]) for k in weights)  # the best weights, kept
+        assert all(torch.equal(weights[k], saved[best_at][1][k]) for k in weights)  # the best weights, kept
         assert ("latest.safetensors" in files) == (best_at != i) and "resume.pt" in files
     assert last["trial_finished"] and last["val_examples"] == 80 and not any(r.get("trial_finished")
                                                                              for r in reports[:-1])
@@ -270,15 +270,10 @@ def test_gradual_unfreeze_trains_only_the_groups_thawed_so_far(ctx, monkeypatch)
                   "unfreeze_every": 1.0, "batch_size": 16}, two, lambda m, c: None)
     model, before = built[0]
     bundle_blocks = [n for n, _ in model.named_parameters() if ".layer." in n]
-    changed = {n for n, p in model.named_parameters() if not torch_equal(p, before[n])}
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and not (changed & set(bundle_blocks))  # one epoch of head, one of the top group (the tail)
     assert last["trainable_params"] < last["total_params"]
 
-
-def torch_equal(a, b):  # noqa: D103
-    import torch
-
-    return torch.equal(a.detach(), b)
 
 
 def test_a_trial_resumed_from_its_last_checkpoint_ends_where_an_uninterrupted_one_does(ctx, tmp_path):
@@ -327,4 +322,3 @@ def test_a_trial_resumed_from_its_last_checkpoint_ends_where_an_uninterrupted_on
     a, b = weights(through), weights(resumed)
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-

@@ -73,6 +73,11 @@ def declared_spec(name: str) -> "TaskSpec | None":
     return None
 
 
+def declared_specs() -> list[TaskSpec]:
+    """Every spec readable without importing an implementation (built-ins, plugins pointing at a TaskSpec)."""
+    return [spec for spec in map(declared_spec, task_names()) if spec is not None]
+
+
 def task_spec(name: str) -> TaskSpec:
     """The spec of the task ``name``: declared, or derived from its registered implementation."""
     spec = declared_spec(name)
@@ -107,5 +112,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BackboneInfo", "PreparationStats", "Task", "TaskOption", "TaskSpec", "declared_spec", "get_task",
+__all__ = ["BackboneInfo", "PreparationStats", "Task", "TaskOption", "TaskSpec", "declared_spec", "declared_specs", "get_task",
            "register_task", "task_names", "task_spec"]
