@@ -145,12 +145,18 @@ def test_search_on_a_two_node_cluster_spreads_trials_and_writes_to_storage(ray_c
     assert "2 node(s)" in html
 
 
+LOSE_NODE_EPOCHS = 20
+
+
 def test_losing_a_worker_node_mid_search_retries_its_trial_and_completes(ray_cluster, sentiment_dir, tiny_space,
                                                                          tmp_path):
     storage = tmp_path / "shared-storage"
     worker_id = next(n["node_id"] for n in ray_cluster.alive() if not n.get("is_head_node"))
+    # trials of 20 epochs (several seconds): the worker's trial must still have epochs left when the kill lands,
+    # although the driver writes result.json a moment after the worker reported (at 6 epochs, under load, the
+    # worker's trial had written its final checkpoint before the kill, and its retry had nothing left to do)
     proc = _search(ray_cluster, sentiment_dir, tiny_space, storage, "lose-a-node", "--num-samples", "3",
-                   "--max-epochs", "6", "--scheduler", "fifo", "--strategies", "full", wait=False)
+                   "--max-epochs", str(LOSE_NODE_EPOCHS), "--scheduler", "fifo", "--strategies", "full", wait=False)
     tune_dir = storage / "lose-a-node" / "tune"
     try:
         # wait until a trial on the worker node has reported (and so checkpointed) at least once
@@ -183,7 +189,7 @@ def test_losing_a_worker_node_mid_search_retries_its_trial_and_completes(ray_clu
                for ln in f.read_text().splitlines() if ln.strip()]
     after = [r["epoch"] for r in reports if r.get("node_id") != worker_id and "epoch" in r]
     assert after and min(after) > min(r["epoch"] for r in reports if "epoch" in r)
-    assert max(after) == 6
+    assert max(after) == LOSE_NODE_EPOCHS
     assert (run / "best" / "model.safetensors").exists()
     html = (run / "leaderboard.html").read_text()
     assert "lost attempt" in html
