@@ -168,6 +168,35 @@ class _Search:
                      threads=ctx.threads if remote else local_cpu_count())
         return dataclasses.replace(best, checkpoint=str(out / "refit.partial")), {"refit": info}
 
+    def _soup(self, best: TrialRecord, records: list[TrialRecord], ctx: Any) -> Optional[Any]:
+        """The greedy model soup of the best trial and the other finished trials of its backbone, or None
+        when there is no other such trial."""
+        from autotransfer.backbones import display_name
+        from autotransfer.export import rebuild
+        from autotransfer.soup import greedy_soup
+        from autotransfer.training import autocast_dtype, device_for, evaluate
+
+        others = [r for r in records if r.ok and r.checkpoint and r is not best and r.backbone == best.backbone]
+        if not others:
+            return None
+        by_id = {r.trial_id: r for r in (best, *others)}
+        device = device_for(ctx.use_gpu)
+        dtype = autocast_dtype(ctx.precision, device)
+        prepared = ctx.prepared[best.backbone]
+
+        def score(model: Any) -> float:
+            return evaluate(model, self.task, prepared, "validation", 64, device, dtype)[0][self.s.metric]
+
+        soup = greedy_soup(best.trial_id, [r.trial_id for r in others], lambda t: rebuild(by_id[t], ctx).to(device),
+                           score)
+        kept = len(soup.ingredients) - 1
+        self.log(f"model soup: {kept} of {len(others)} other {display_name(best.backbone)} trial(s) averaged in; "
+                 + (f"validation {self.s.metric} {soup.validation_metric:.4f} vs {soup.best_single:.4f} for the best "
+                    "trial alone: exporting the soup" if soup.wins else
+                    "no average beat the best trial on validation: exporting the best trial")
+                 + " (--no-soup to skip)")
+        return soup
+
     def __init__(self, settings: SearchSettings, console: Console):
         self.s, self.console = settings, console
         self.spec = task_spec(settings.task)
@@ -320,14 +349,26 @@ class _Search:
 
         self._uncertainty(records, best, ctx)
         best_dir = out / "best"
-        exported, notes = best, None
+        exported, notes, model = best, None, None
         if s.refit:
             exported, notes = self._refit(best, ctx, out, cluster.remote)
             # for the record, as AutoML tools do beside a refit model; the choice was made before this line
             notes["refit"]["selected_trial_test_metrics"] = test_metrics(best, ctx)
             meta.refit = notes["refit"]
-        self.log(f"exporting trial {best.trial_id} ({best.backbone}, {best.strategy}) to {best_dir}")
-        tested = export_best(exported, ctx, best_dir, notes=notes)
+        elif s.soup:
+            soup = self._soup(best, records, ctx)
+            if soup is not None:
+                meta.soup = soup.to_dict()
+                if soup.wins:
+                    model = soup.model
+                    exported = dataclasses.replace(best, best_metric=soup.validation_metric)
+                    # for the record, as beside a refit model: the soup was chosen on validation before this line
+                    meta.soup["selected_trial_test_metrics"] = test_metrics(best, ctx)
+                    notes = {"soup": meta.soup}
+        what = (f"a soup of {len(meta.soup['ingredients'])} trials" if notes and "soup" in notes
+                else f"trial {best.trial_id}")
+        self.log(f"exporting {what} ({best.backbone}, {best.strategy}) to {best_dir}")
+        tested = export_best(exported, ctx, best_dir, notes=notes, model=model)
         if s.refit:
             shutil.rmtree(exported.checkpoint, ignore_errors=True)  # type: ignore[arg-type]
         meta.test = tested

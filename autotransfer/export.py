@@ -24,14 +24,15 @@ SIDECAR = "autotransfer.json"
 
 
 def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: int = 64,
-                notes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                notes: Optional[dict[str, Any]] = None, model: Any = None) -> dict[str, Any]:
     """Write ``out`` (the best model folder) and return its test metrics and per-class report.
 
-    ``notes`` go into the sidecar (e.g. how a refit model was trained).
+    ``model`` is the finished model to export (default: ``record``'s, rebuilt from its checkpoint;
+    a model soup passes its own); ``notes`` go into the sidecar (e.g. how a refit model was trained).
     """
     task = get_task(ctx.task)
     backbone = ctx.backbones[record.backbone]
-    model = _rebuild(record, ctx)
+    model = rebuild(record, ctx) if model is None else model
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -54,10 +55,10 @@ def export_best(record: TrialRecord, ctx: TrialContext, out: Path, batch_size: i
 
 def test_metrics(record: TrialRecord, ctx: TrialContext, batch_size: int = 64) -> dict[str, float]:
     """The test metrics of a trial's checkpoint, without exporting it (e.g. the selected trial beside its refit)."""
-    return _test(_rebuild(record, ctx), ctx, record.backbone, batch_size)[0]
+    return _test(rebuild(record, ctx), ctx, record.backbone, batch_size)[0]
 
 
-def _rebuild(record: TrialRecord, ctx: TrialContext) -> Any:
+def rebuild(record: TrialRecord, ctx: TrialContext) -> Any:
     """The trial's finished model: backbone + head/adapters from its checkpoint, adapters merged."""
     if record.checkpoint is None:
         raise RuntimeError(f"trial {record.trial_id} left no checkpoint to export")

@@ -315,7 +315,10 @@ def write_report(out: Path, records: list[TrialRecord], meta: dict[str, Any]) ->
     ) if f is not None] + (_task_figures(meta.get("task"), test, label_names) if test else [])
     fig_html = [f.to_html(full_html=False, include_plotlyjs=(i == 0), default_height=f"{f.layout.height}px",
                           config={"displaylogo": False}) for i, f in enumerate(figures)]
-    table = leaderboard_frame(records, metric, test.get("test_metrics"))
+    soup = meta.get("soup") or {}
+    # the test score is the best row's only when the exported model is that trial's (not a soup, not a refit)
+    own = not (soup.get("exported") or meta.get("refit"))
+    table = leaderboard_frame(records, metric, test.get("test_metrics") if own else None)
     table_html = table.to_html(index=False, escape=True, classes="leaderboard", na_rep="", table_id="leaderboard",
                                border=0)
     wall = meta.get("wall_time_s")
@@ -327,7 +330,7 @@ def write_report(out: Path, records: list[TrialRecord], meta: dict[str, Any]) ->
                                        for s in ("completed", "stopped_early", "failed", "running")},
         wall=f"{wall:.0f} s" if isinstance(wall, (int, float)) else "in progress",
         table_html=table_html, figures=fig_html, generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-        live=bool(meta.get("live")),
+        live=bool(meta.get("live")), soup=soup,
     )
     path = out / REPORT_FILE
     tmp = path.with_suffix(".html.tmp")

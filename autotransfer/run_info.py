@@ -36,11 +36,13 @@ class RunInfo:
     live: Optional[bool] = None
     #: how the exported model was refit on train + validation (``--refit``)
     refit: Optional[dict[str, Any]] = None
+    #: the greedy model soup tried after the search (``autotransfer.soup``)
+    soup: Optional[dict[str, Any]] = None
     #: the exported model's test metrics and the task's detailed test results
     test: Optional[dict[str, Any]] = None
     best_trial: Optional[str] = None
 
-    _OPTIONAL = ("live", "refit", "test", "best_trial")
+    _OPTIONAL = ("live", "refit", "soup", "test", "best_trial")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` layout; outcome fields that were never set are left out."""

@@ -91,6 +91,8 @@ class SearchSettings:
     baseline: bool = True
     #: retrain the chosen configuration on train + validation before export (the test split stays unseen)
     refit: bool = False
+    #: average the best trials of the winning backbone into a greedy model soup; export it if it wins on validation
+    soup: bool = True
     # cluster / output
     address: Optional[str] = None
     dashboard: bool = True

@@ -91,6 +91,23 @@ def test_best_checkpoint_loads_with_pipeline_and_predicts_label_names(run):
     assert sidecar["config"]["strategy"] == run.best.strategy
 
 
+def test_the_model_soup_mixes_the_best_backbone_s_trials_and_is_exported_only_if_it_wins_on_validation(
+        run, sentiment_dir):
+    from autotransfer.predict import predict_rows
+
+    meta = json.loads((run.output / "results.json").read_text())
+    soup = meta["soup"]  # 8 trials on 2 backbones: the best one has other trials to average with
+    same = {r.trial_id for r in run.records if r.backbone == run.best.backbone and r is not run.best}
+    assert soup["ingredients"][0] == run.best.trial_id
+    assert {t["trial_id"] for t in soup["tried"]} | set(soup["incompatible"]) == same  # all of them, no other
+    assert soup["best_single_validation_metric"] == pytest.approx(run.best.best_metric)
+    assert soup["exported"] == (soup["validation_metric"] > soup["best_single_validation_metric"])
+    # the exported model scores on the validation rows what the choice was made on: the soup's or the trial's
+    rows = list(predict_rows(run.best_dir, sentiment_dir / "dev.tsv"))
+    accuracy = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    assert accuracy == pytest.approx(soup["validation_metric"] if soup["exported"] else run.best.best_metric)
+
+
 def test_only_the_exported_checkpoint_is_kept(run):
     left = list((run.output / "tune").glob("*/checkpoint_*"))
     assert len(left) == 1 and run.best.trial_id in str(left[0])

@@ -34,11 +34,17 @@ def test_every_strategy_ran_and_the_ranking_is_on_entity_f1(run):
 
 
 def test_the_exported_tagger_reproduces_the_winning_validation_score(run, ner_dir):
+    """The exported model is the best trial's, or the model soup when it beat that trial on validation."""
     rows = list(predict_rows(run.best_dir, ner_dir / "dev.tsv"))
     predicted = [row["tags"].split() for row in rows]
     gold = [[line.split("\t")[1] for line in block.splitlines()]
             for block in (ner_dir / "dev.tsv").read_text().strip().split("\n\n")]
-    assert entity_scores(gold, predicted)["entity_f1"] == pytest.approx(run.best.best_metric, abs=1e-9)
+    soup = json.loads((run.output / "results.json").read_text()).get("soup") or {}
+    winning = soup["validation_metric"] if soup.get("exported") else run.best.best_metric
+    assert soup.get("exported") or soup.get("validation_metric", winning) == winning  # a losing soup: the trial's
+    assert entity_scores(gold, predicted)["entity_f1"] == pytest.approx(winning, abs=1e-9)
+    sidecar = json.loads((run.best_dir / "autotransfer.json").read_text())
+    assert sidecar["validation_metric"] == pytest.approx(winning) and ("soup" in sidecar) == bool(soup.get("exported"))
 
 
 def test_the_exported_folder_is_a_transformers_tagger(run, ner_dir, tmp_path):

@@ -82,6 +82,51 @@ def test_export_rebuilds_the_trial_from_its_checkpoint(ctx, tmp_path):
     assert {p["label"] for p in preds} <= {"negative", "positive"}
 
 
+def _trained(ctx, tmp_path, name, config):
+    """Train one trial without Ray; its record, pointing at its last checkpoint."""
+    dst = tmp_path / name
+
+    def report(metrics, checkpoint_dir):
+        dst.mkdir(exist_ok=True)
+        for p in Path(checkpoint_dir).iterdir():
+            (dst / p.name).write_bytes(p.read_bytes())
+
+    train(config, ctx, report)
+    return TrialRecord(trial_id=name, backbone=config["backbone"], strategy=config["strategy"],
+                       params={k: v for k, v in config.items() if k not in ("backbone", "strategy")},
+                       status=COMPLETED, iterations=8, epochs=4, best_metric=0.5, best_epoch=None, wall_time_s=1.0,
+                       trainable_params=None, total_params=None, checkpoint=str(dst))
+
+
+def test_a_soup_of_a_lora_and_a_full_trial_averages_merged_weights_and_exports_them(ctx, tmp_path):
+    import dataclasses
+    import itertools
+
+    from safetensors.torch import load_file
+
+    from autotransfer.export import rebuild
+    from autotransfer.soup import greedy_soup
+
+    backbone = next(iter(ctx.backbones))
+    ctx = dataclasses.replace(ctx, max_epochs=1)
+    records = {r.trial_id: r for r in (
+        _trained(ctx, tmp_path, "full", {"backbone": backbone, "strategy": "full", "lr": 2e-3, "batch_size": 16}),
+        _trained(ctx, tmp_path, "lora", {"backbone": backbone, "strategy": "lora", "lr": 5e-3, "lora_r": 4,
+                                         "batch_size": 16}))}
+    merged = {t: {k: v.clone() for k, v in rebuild(r, ctx).state_dict().items()} for t, r in records.items()}
+    assert merged["full"].keys() == merged["lora"].keys()  # LoRA merged: the plain architecture's tensors
+    rising = itertools.count()
+    soup = greedy_soup("full", ["lora"], lambda t: rebuild(records[t], ctx), lambda m: float(next(rising)))
+    assert soup.wins and soup.incompatible == []
+    out = tmp_path / "best"
+    export_best(records["full"], ctx, out, model=soup.model, notes={"soup": soup.to_dict()})
+    exported = load_file(str(out / "model.safetensors"))
+    for name in ("classifier.weight", "bert.encoder.layer.0.attention.self.query.weight"):
+        key = next(k for k in exported if k.endswith(name))
+        assert torch.allclose(exported[key], (merged["full"][key] + merged["lora"][key]) / 2, atol=1e-6), name
+        assert not torch.allclose(exported[key], merged["full"][key])  # not the best trial alone
+
+
 def test_trial_limits_torch_threads_to_its_cpu_share(ctx):
     import dataclasses
 
