@@ -23,6 +23,9 @@ writes JSON with every case.
     python benchmarks/robustness.py --cases hymenoptera:all               # images: ants vs bees, all 244 training images
     python benchmarks/robustness.py --append --cases sst5:300             # adds a case to the JSON, keeps the others
 
+The search runs at the CLI's defaults, model soup included: when the soup is exported, each
+case also records the best trial's own test score (the soup's gain on test).
+
 With ``--refit`` the search exports the refit model (scored as the search's result) and
 each case records the selected trial's own test score beside it: what refitting gained
 on the same run, the evidence for or against making it the default.
@@ -134,12 +137,20 @@ def run_search(data: Path, out: Path, seed: int, refit: bool = False, task: str 
     test = json.loads((out / "test_metrics.json").read_text())
     best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
     refitted = results.get("refit")
+    soup = results.get("soup")
     return {"test_accuracy": test["accuracy"], "wall_s": wall,
             # with --refit: the exported (refit) model's score above, the selected trial's own here
             "refit": None if refitted is None else {
                 "selected_trial_test_accuracy": refitted["selected_trial_test_metrics"]["accuracy"],
                 "refit_gain": test["accuracy"] - refitted["selected_trial_test_metrics"]["accuracy"],
                 **{k: v for k, v in refitted.items() if k != "selected_trial_test_metrics"}}, "budget": results.get("budget"),
+            # the greedy model soup: when exported, the score above is the soup's and the best trial's is here
+            "soup": None if soup is None else {
+                "exported": soup["exported"], "ingredients": len(soup["ingredients"]),
+                "validation_gain": soup["validation_metric"] - soup["best_single_validation_metric"],
+                **({"selected_trial_test_accuracy": soup["selected_trial_test_metrics"]["accuracy"],
+                    "soup_test_gain": test["accuracy"] - soup["selected_trial_test_metrics"]["accuracy"]}
+                   if soup["exported"] else {})},
             "validation_rows": results["data"]["splits"]["validation"]["rows"],
             "best": {"backbone": Path(best["backbone"]).name, "strategy": best["strategy"], "params": best["params"],
                      "validation_accuracy": best["best_metric"], "interval": best.get("interval")},
@@ -201,8 +212,19 @@ def main() -> None:
                       f" [refit {searched['refit']['refit_gain']:+.4f} over the selected trial]")
         print(f"{spec:>12}: search {searched['test_accuracy']:.4f} ({searched['best']['strategy']} on "
               f"{searched['best']['backbone']}, {searched['wall_s']:.0f}s) vs recipe {p:.4f} "
-              f"({best_recipe['backbone']}): {diff:+.4f} +- {half:.4f} -> {verdict}{refit_note}", flush=True)
+              f"({best_recipe['backbone']}): {diff:+.4f} +- {half:.4f} -> {verdict}{refit_note}{_soup_note(searched)}",
+              flush=True)
         write(args.out, cases, done=len(cases) - done_before == len(specs))  # after every case: a stopped run keeps its cases
+
+
+def _soup_note(searched: dict) -> str:
+    soup = searched.get("soup")
+    if not soup:
+        return ""
+    if not soup["exported"]:
+        return " [soup: not better on validation, best trial exported]"
+    return (f" [soup of {soup['ingredients']} exported: {soup['validation_gain']:+.4f} on validation, "
+            f"{soup['soup_test_gain']:+.4f} on test over the best trial]")
 
 
 def _refit_summary(cases: list[dict]) -> dict:
