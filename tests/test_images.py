@@ -125,3 +125,17 @@ def test_each_unfreezing_phase_freezes_batchnorm_exactly_where_weights_are_froze
             trains = any(p.requires_grad for p in norm.parameters(recurse=False))
             assert norm.training == trains, (phase, name)
     assert all(m.training for m in norms.values())  # the last phases thaw everything
+
+
+def test_bitfit_on_a_cnn_trains_the_batchnorm_shifts_and_keeps_their_statistics_adapting(tiny_resnet):
+    from autotransfer.training import train_mode
+
+    info = TASK.describe_backbone(f"local-dir:{tiny_resnet}", _S())
+    bundle = TASK.build(info, ["blue", "red"], {})
+    model = get_strategy("bitfit").apply(bundle, {"lr": 1e-3}).model
+    train_mode(model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.bias.requires_grad and not m.weight.requires_grad and m.training for m in norms)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and not any(m.weight.requires_grad for m in convs)
+

@@ -118,3 +118,17 @@ def test_lp_ft_probes_then_fine_tunes_everything(backbone):
     assert _trainable_names(probe.model) == set(bundle.head) and probe.classifier is not None
     full = strategy.apply(bundle, {"lr": 1e-3, "layer_decay": 1.0}, 1)
     assert count_parameters(full.model)[0] == count_parameters(full.model)[1]
+
+
+def test_bitfit_trains_only_the_backbone_s_biases_and_the_head(backbone):
+    bundle = _bundle(backbone)
+    adapted = get_strategy("bitfit").apply(bundle, {"lr": 1e-3, "head_lr": 1e-2})
+    trainable = _trainable_names(adapted.model)
+    body = {n for names in (bundle.stem, *bundle.blocks, bundle.tail) for n in names}
+    assert trainable == set(bundle.head) | {n for n in body if n.endswith(".bias")}
+    assert any("LayerNorm.bias" in n or "layer_norm.bias" in n for n in trainable)  # normalisation shifts too
+    assert not any(n.endswith(".weight") for n in trainable - set(bundle.head))
+    trained, total = count_parameters(adapted.model)
+    assert trained < 0.1 * total
+    assert sorted(g["lr"] for g in adapted.param_groups) == [1e-3, 1e-2]
+

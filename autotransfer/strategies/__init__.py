@@ -33,7 +33,7 @@ def list_strategies() -> list[str]:
 
 
 # built-in strategies register themselves on import
-from autotransfer.strategies import linear_probe, freeze, full, lora, lp_ft, gradual_unfreeze  # noqa: E402,F401
+from autotransfer.strategies import linear_probe, freeze, full, lora, lp_ft, gradual_unfreeze, bitfit  # noqa: E402,F401,E501
 
 __all__ = ["Adapted", "ModelBundle", "Strategy", "count_parameters", "get_strategy", "list_strategies",
            "register_strategy"]
