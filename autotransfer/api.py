@@ -30,7 +30,7 @@ from autotransfer.report_writer import ReportWriter
 from autotransfer.run_info import RunInfo
 from autotransfer.results import (INTERRUPTED, TrialRecord, environment, rank, record_from_result, save_results,
                                   settle_interrupted)
-from autotransfer.settings import TUNE_DIR, SearchSettings
+from autotransfer.settings import STUDY_FILE, TUNE_DIR, SearchSettings
 from autotransfer.shipping import plan_folders
 from autotransfer.storage import check_target, prune_checkpoints, upload_run
 from autotransfer.space import SearchSpace, load_space
@@ -236,7 +236,7 @@ class _Search:
 
     def _fresh_output(self, out: Path) -> None:
         if self.s.overwrite and out.is_dir():
-            for m in RUN_MARKERS + ("results.csv", "leaderboard.html", "best", "test_metrics.json"):
+            for m in RUN_MARKERS + ("results.csv", "leaderboard.html", "best", "test_metrics.json", STUDY_FILE):
                 p = out / m
                 if p.is_dir():
                     shutil.rmtree(p)

@@ -143,15 +143,16 @@ def run_tune(settings: SearchSettings, space: SearchSpace, ctx: TrialContext, nu
     """
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from autotransfer.scheduler import NoiseAwareASHA
+    from autotransfer.searcher import FidelitySearch, study_storage
 
     recipes = list(recipes or [])
     # a define-by-run space makes OptunaSearch ignore TuneConfig's metric: give it (and ASHA) their own
-    searcher = OptunaSearch(space=space.define_by_run(num_layers, recipes), metric=settings.metric, mode=MODE,
-                            points_to_evaluate=first_points(settings, space, recipes) or None,
-                            sampler=make_sampler(settings.sampler, settings.seed, settings.num_samples))
+    searcher = FidelitySearch(space=space.define_by_run(num_layers, recipes), metric=settings.metric, mode=MODE,
+                              points_to_evaluate=first_points(settings, space, recipes) or None,
+                              sampler=make_sampler(settings.sampler, settings.seed, settings.num_samples),
+                              storage=study_storage(settings.study_file), study_name=settings.run_name or "search")
     if settings.scheduler == "fifo":
         scheduler: Any = FIFOScheduler()
     else:

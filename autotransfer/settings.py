@@ -24,6 +24,8 @@ SCHEDULERS = ("asha", "fifo")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Ray Tune's experiment folder inside a run (its trial state and checkpoints; what a resume restores)
 TUNE_DIR = "tune"
+#: the Optuna study of a run (a journal file in the run folder; ``optuna-dashboard`` opens it)
+STUDY_FILE = "optuna_study.log"
 
 _SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -256,6 +258,11 @@ class SearchSettings:
         if self.storage_is_uri:
             return f"{self.storage}/{self.run_name}"
         return str(self.output)
+
+    @property
+    def study_file(self) -> Path:
+        """The run's Optuna study: a journal file in the run folder (the driver's; staged when storage is a URI)."""
+        return Path(self.output) / STUDY_FILE  # type: ignore[arg-type]
 
     @property
     def tune_experiment(self) -> str:

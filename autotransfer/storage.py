@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from autotransfer.errors import UserError
-from autotransfer.settings import TUNE_DIR, SearchSettings, is_uri
+from autotransfer.settings import STUDY_FILE, TUNE_DIR, SearchSettings, is_uri
 
 #: what the driver writes into a run folder besides Ray Tune's ``tune/``
-RUN_FILES = ("settings.json", "results.json", "results.csv", "leaderboard.html", "test_metrics.json", "best")
+RUN_FILES = ("settings.json", "results.json", "results.csv", "leaderboard.html", "test_metrics.json", "best",
+             STUDY_FILE)
 #: pyarrow filesystem type names -> URI schemes
 _SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
 

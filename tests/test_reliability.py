@@ -159,6 +159,11 @@ def test_sigkill_then_resume_keeps_finished_trials_and_runs_each_trial_once(sent
         for key in ("status", "best_metric", "iterations", "params", "history"):
             assert after[trial_id][key] == t[key], (trial_id, key)
     assert (run / "best" / "model.safetensors").exists()
+    # the resumed search went on with the same Optuna study: every trial told once, in one study
+    from autotransfer.searcher import load_study
+
+    told = [t for t in load_study(run).trials if t.state.is_finished()]
+    assert len(told) == 6
     # what results.json waits for, read from the state Ray Tune saved (its layout is this Ray version's)
     assert saved_trial_statuses(str(run / "tune")) == {i: "TERMINATED" for i in ids}
 

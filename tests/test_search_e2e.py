@@ -108,6 +108,27 @@ def test_the_model_soup_mixes_the_best_backbone_s_trials_and_is_exported_only_if
     assert accuracy == pytest.approx(soup["validation_metric"] if soup["exported"] else run.best.best_metric)
 
 
+def test_the_optuna_study_holds_stopped_trials_as_pruned_and_finished_ones_as_complete(run):
+    from optuna.trial import TrialState
+
+    from autotransfer.searcher import load_study
+
+    study = load_study(run.output)
+    by_state = {s: [t for t in study.trials if t.state == s] for s in TrialState}
+    stopped = [r for r in run.records if r.status == STOPPED]
+    completed = [r for r in run.records if r.status == COMPLETED]
+    assert len(study.trials) == len(run.records) == 8
+    assert len(by_state[TrialState.PRUNED]) == len(stopped) > 0  # Ray's own searcher tells them COMPLETE
+    # a completed trial is worth its best evaluation, as on the leaderboard
+    assert sorted(t.value for t in by_state[TrialState.COMPLETE]) == pytest.approx(
+        sorted(r.best_metric for r in completed))
+    # a pruned trial keeps its intermediate values: one per evaluation round it reached
+    assert sorted(len(t.intermediate_values) for t in by_state[TrialState.PRUNED]) == sorted(
+        r.iterations for r in stopped)
+    assert sorted(max(t.intermediate_values.values()) for t in by_state[TrialState.PRUNED]) == pytest.approx(
+        sorted(r.best_metric for r in stopped))
+
+
 def test_only_the_exported_checkpoint_is_kept(run):
     left = list((run.output / "tune").glob("*/checkpoint_*"))
     assert len(left) == 1 and run.best.trial_id in str(left[0])
