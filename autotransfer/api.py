@@ -86,6 +86,10 @@ def search(settings: Optional[SearchSettings] = None, *, console: Optional[Conso
     return _Search(settings, console or Console(stderr=True)).run()
 
 
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def check_output(settings: SearchSettings) -> None:
     """Refuse an output folder that holds an earlier run (unless ``overwrite``) or cannot be written."""
     out = settings.output
@@ -167,6 +171,64 @@ class _Search:
         info = refit(best.config, ctx, epochs, out / "refit.partial",
                      threads=ctx.threads if remote else local_cpu_count())
         return dataclasses.replace(best, checkpoint=str(out / "refit.partial")), {"refit": info}
+
+    def _prerank(self, space: SearchSpace, backbones: dict[str, BackboneInfo], prepared: dict[str, Any],
+                 label_names: list[str]) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+        """The backbones' frozen features, computed once for the head-fitting strategies (autotransfer.features),
+        and their LogME / k-NN scores (autotransfer.prerank): the backbones ordered by LogME (the recipes and warm
+        starts follow that order), only the best ``--prerank`` K kept.  Skipped when no strategy fits a head on
+        features and no pre-rank was asked for."""
+        from autotransfer.strategies import get_strategy
+
+        s = self.s
+        fitting = [n for n in space.strategies if get_strategy(n).fits_head_on_features
+                   or get_strategy(n).fits_head_first]
+        if not fitting and not s.prerank:
+            return {}, None
+        from autotransfer.features import cache_features
+        from autotransfer.prerank import ranked, score_backbones, to_dict
+
+        started = time.perf_counter()
+        found, left = cache_features(self.task, backbones, prepared, label_names, s.seed, s.trust_remote_code,
+                                     s.precision, s.gpus_per_trial > 0)
+        for line in left:
+            self.log(f"frozen features not cached for {line}: its trials compute their own")
+        if not found:
+            if s.prerank:
+                self.log("--prerank: no backbone's features could be computed; searching all backbones")
+            return {}, None
+        scores = score_backbones({n: (f.x, f.y) for n, f in found.items()}, seed=s.seed)
+        order = ranked(scores) + [n for n in space.backbones if n not in scores]
+        kept = order[:s.prerank] if s.prerank else order
+        seconds = time.perf_counter() - started
+        self.log(f"frozen features of {len(found)} backbone(s) computed once ({seconds:.1f}s, "
+                 f"{sum(f.nbytes for f in found.values()) / 2**20:.1f} MiB), shared by the trials that fit a head "
+                 f"on them; pre-rank (LogME / k-NN accuracy): " + "; ".join(
+                     f"{n} {scores[n].logme:.3f} / {_fmt(scores[n].knn_accuracy)}" for n in order if n in scores)
+                 + (f"; searching the best {len(kept)}: {', '.join(kept)}" if len(kept) < len(order) else ""))
+        prerank = {"scores": to_dict(scores), "order": order, "kept": kept, "asked": s.prerank,
+                   "features_seconds": {n: round(f.seconds, 2) for n, f in found.items()}, "seconds": round(seconds, 2)}
+        return {n: (f.x, f.y) for n, f in found.items() if n in kept}, prerank
+
+    def _prerank_held(self, prerank: dict[str, Any], records: list[TrialRecord]) -> None:
+        """How well the pre-rank predicted the search: Spearman between each backbone's score and its best
+        validation metric (into ``prerank``, and one line)."""
+        from autotransfer.prerank import spearman
+
+        best: dict[str, float] = {}
+        for r in records:
+            if r.ok and r.best_metric is not None:
+                best[r.backbone] = max(best.get(r.backbone, float("-inf")), r.best_metric)
+        scores = prerank["scores"]
+        prerank["best_validation"] = best
+        for key in ("logme", "knn_accuracy"):
+            prerank[f"spearman_{key}"] = spearman({n: v[key] for n, v in scores.items() if v[key] is not None}, best)
+        rho = prerank["spearman_logme"]
+        top = max(best, key=best.get) if best else None
+        self.log(f"pre-rank vs the search: the best backbone was LogME's #{prerank['order'].index(top) + 1}"
+                 if top in prerank["order"] else "pre-rank vs the search: no backbone finished")
+        if rho is not None:
+            self.log(f"  Spearman(LogME, best validation {self.s.metric}) over {len(best)} backbones: {rho:+.2f}")
 
     def _soup(self, best: TrialRecord, records: list[TrialRecord], ctx: Any) -> Optional[Any]:
         """The greedy model soup of the best trial and the other finished trials of its backbone, or None
@@ -268,6 +330,10 @@ class _Search:
         budget = derive_budget(self.task.num_examples(first, "train"), space.max_batch_size(), s.max_epochs,
                                s.evals_per_epoch, s.grace_iterations, s.min_steps)
         self.log(budget.describe())
+        features, prerank = self._prerank(space, backbones, prepared, splits.label_names)
+        if prerank:
+            space = space.restrict(prerank["kept"])
+            backbones = {n: backbones[n] for n in prerank["kept"]}
         recipes = space.recipe_points(self.task.recipes()) if s.baseline else []
         if recipes:
             names = sorted({r.name for r in recipes})
@@ -299,7 +365,7 @@ class _Search:
                            metric=s.metric, max_epochs=s.max_epochs, evals_per_epoch=s.evals_per_epoch,
                            precision=s.precision, threads=s.torch_threads, seed=s.seed,
                            use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code, shipped=shipped,
-                           budget=budget)
+                           budget=budget, features=features)
         meta = RunInfo(
             run_name=s.run_name, task=s.task, metric=s.metric, command=s.command,
             data=summary, space=space.to_dict(), dashboard=cluster.dashboard_url,
@@ -311,7 +377,7 @@ class _Search:
                     "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
                     "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed,
                     "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes})},
-            budget=budget.to_dict(),
+            budget=budget.to_dict(), prerank=prerank,
         )
         writer = ReportWriter(out, s.metric, meta, time.time())
         live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console,
@@ -348,6 +414,8 @@ class _Search:
             raise SearchFailed(f"every trial failed ({len(records)}); first reason: {reasons[0]}")
 
         self._uncertainty(records, best, ctx)
+        if prerank:
+            self._prerank_held(prerank, records)
         best_dir = out / "best"
         exported, notes, model = best, None, None
         if s.refit:

@@ -116,6 +116,9 @@ def _add_search(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
     e.add_argument("--refit", action="store_true",
                    help="retrain the best configuration on train + validation (for as many epochs as its best "
                         "checkpoint) and export that model; the test split stays unseen")
+    e.add_argument("--prerank", type=int, metavar="K",
+                   help="score every backbone on its frozen features first (LogME, k-NN) and search only the K "
+                        "best; the scores always order the first trials when features are computed")
     e.add_argument("--no-soup", dest="soup", action="store_false",
                    help="don't try a greedy model soup (the best trials of the winning backbone averaged, each "
                         "kept only if validation improves; exported only if it beats the best trial on validation)")

@@ -38,11 +38,13 @@ class RunInfo:
     refit: Optional[dict[str, Any]] = None
     #: the greedy model soup tried after the search (``autotransfer.soup``)
     soup: Optional[dict[str, Any]] = None
+    #: the backbones' LogME / k-NN scores before the search, and how well they predicted its ranking
+    prerank: Optional[dict[str, Any]] = None
     #: the exported model's test metrics and the task's detailed test results
     test: Optional[dict[str, Any]] = None
     best_trial: Optional[str] = None
 
-    _OPTIONAL = ("live", "refit", "soup", "test", "best_trial")
+    _OPTIONAL = ("live", "refit", "soup", "prerank", "test", "best_trial")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` layout; outcome fields that were never set are left out."""

@@ -95,6 +95,8 @@ class SearchSettings:
     refit: bool = False
     #: average the best trials of the winning backbone into a greedy model soup; export it if it wins on validation
     soup: bool = True
+    #: keep only the K backbones with the best LogME on their frozen features (autotransfer.prerank); None: all
+    prerank: Optional[int] = None
     # cluster / output
     address: Optional[str] = None
     dashboard: bool = True
@@ -152,6 +154,8 @@ class SearchSettings:
         self._positive_int("num_samples")
         self._positive_int("max_epochs")
         self._positive_int("evals_per_epoch")
+        if self.prerank is not None:
+            self._positive_int("prerank")
         if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) or self.min_steps < 0:
             raise UserError(f"--min-steps: must be a whole number of at least 0, got {self.min_steps!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:

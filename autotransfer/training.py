@@ -40,6 +40,8 @@ from autotransfer.tasks import BackboneInfo, Task, get_task
 
 #: seconds a reused Ray worker waits for a stopped trial's thread to end (Ray's default: 2)
 THREAD_TIMEOUT_S = 30
+#: a head-fitting trial's report: whether it fitted on the search's frozen features (autotransfer.features)
+CACHED_FEATURES = "cached_features"
 #: how often (in steps) the loss is checked for NaN/inf between evaluations
 FINITE_CHECK_EVERY = 25
 
@@ -68,6 +70,9 @@ class TrialContext:
     shipped: dict[str, Any] = field(default_factory=dict)
     #: the search's step budget; None: max_epochs x evals_per_epoch rounds with no step floor
     budget: Optional[Budget] = None
+    #: backbone -> (features, class ids) its head sees over the training split, computed once before the trials
+    #: (autotransfer.features); a backbone not here computes its own
+    features: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def budget_for(self, train_examples: int, batch_size: int) -> Budget:
         return self.budget or derive_budget(train_examples, batch_size, self.max_epochs, self.evals_per_epoch, 1,
@@ -379,13 +384,16 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
 
 @torch.inference_mode()
 def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared: Any, split: str, batch_size: int,
-                  device: torch.device, dtype: Optional[torch.dtype]) -> tuple[np.ndarray, np.ndarray]:
+                  device: torch.device, dtype: Optional[torch.dtype],
+                  limit_bytes: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """What ``classifier`` sees for every example of a split (one forward pass, eval mode, no augmentation), as
-    the objective's rows of (features, class id)."""
+    the objective's rows of (features, class id).  Past ``limit_bytes`` of features it stops and raises
+    :class:`autotransfer.features.FeaturesTooLarge`."""
     captured: list[torch.Tensor] = []
     hook = classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     model.eval()
     features, labels = [], []
+    size = 0
     try:
         for inputs, y in task.batches(prepared, split, batch_size, train=False, pin_memory=device.type == "cuda"):
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
@@ -394,6 +402,11 @@ def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared:
             x, y = task.objective.feature_rows(captured.pop(), y)  # e.g. a tagger keeps the tagged positions
             features.append(x)
             labels.append(y)
+            size += x.nbytes + y.nbytes
+            if limit_bytes is not None and size > limit_bytes:
+                from autotransfer.features import NotCached
+
+                raise NotCached(f"frozen features pass the {limit_bytes / 2**20:.0f} MiB left for them")
     finally:
         hook.remove()
     return np.concatenate(features), np.concatenate(labels)
@@ -401,20 +414,25 @@ def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared:
 
 def _fit_classifier(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], ctx: TrialContext, task: Task,
                     prepared: Any, batch_size: int, device: torch.device,
-                    dtype: Optional[torch.dtype]) -> tuple[int, float]:
-    """Fit the head's last linear layer on the frozen features of the training split (one forward pass and a
-    convex fit); returns (examples, seconds)."""
+                    dtype: Optional[torch.dtype]) -> tuple[int, float, bool]:
+    """Fit the head's last linear layer on the frozen features of the training split (the search's, computed
+    once, or one forward pass of its own) and a convex fit; returns (examples, seconds, whether the search's
+    features were used)."""
     if adapted.classifier is None:
         raise TrialFailed("no linear classifier found in the head to fit on features")
     t0 = time.perf_counter()
-    features, labels = head_features(adapted.model, adapted.classifier, task, prepared, "train", batch_size * 2,
-                                     device, dtype)
+    cached = ctx.features.get(config["backbone"])
+    if cached is not None:
+        features, labels = cached
+    else:
+        features, labels = head_features(adapted.model, adapted.classifier, task, prepared, "train",
+                                         batch_size * 2, device, dtype)
     weight, bias = strategy.fit_head(features, labels, len(ctx.label_names), config, threads=ctx.threads)
     with torch.no_grad():
         adapted.classifier.weight.copy_(torch.as_tensor(weight, dtype=adapted.classifier.weight.dtype))
         adapted.classifier.bias.copy_(torch.as_tensor(bias, dtype=adapted.classifier.bias.dtype))
     train_mode(adapted.model)  # head_features left it in eval mode
-    return len(labels), time.perf_counter() - t0
+    return len(labels), time.perf_counter() - t0, cached is not None
 
 
 def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], ctx: TrialContext, task: Task,
@@ -422,10 +440,12 @@ def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], c
               common: dict[str, Any]) -> dict[str, Any]:
     """A strategy that fits its head on frozen features: one forward pass over train, a convex fit, one
     evaluation.  The trial's whole budget, so its one report is its last."""
-    examples, elapsed = _fit_classifier(strategy, adapted, config, ctx, task, prepared, batch_size, device, dtype)
+    examples, elapsed, cached = _fit_classifier(strategy, adapted, config, ctx, task, prepared, batch_size, device,
+                                                dtype)
     metrics, preds = evaluate(adapted.model, task, prepared, "validation", batch_size, device, dtype)
     last = {**{k: v for k, v in metrics.items() if k != "loss"}, "val_loss": metrics["loss"], "train_loss": None,
             "epoch": 1.0, "step": 0, "samples_per_s": examples / elapsed if elapsed > 0 else 0.0,
+            CACHED_FEATURES: cached,
             "batch_size_used": batch_size, **common, FINISHED: True}
     Checkpointer(ctx.metric, report).evaluation(adapted.model, last, preds, 0)
     return last
@@ -470,8 +490,9 @@ def refit(config: Mapping[str, Any], ctx: TrialContext, epochs: float, folder: P
     steps = max(1, round(epochs * n / batch))
     budget = Budget(train_examples=n, max_batch_size=batch, rounds=1, grace_rounds=1, examples_per_round=steps * batch,
                     min_steps=0)
+    # features=: the search's frozen features cover the training split only, not train + validation
     refit_ctx = dataclasses.replace(ctx, prepared={**ctx.prepared, backbone: prepared}, budget=budget,
-                                    threads=threads or ctx.threads)
+                                    threads=threads or ctx.threads, features={})
     folder.mkdir(parents=True, exist_ok=True)
 
     def keep(metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:

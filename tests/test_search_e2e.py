@@ -129,6 +129,31 @@ def test_the_optuna_study_holds_stopped_trials_as_pruned_and_finished_ones_as_co
         sorted(r.best_metric for r in stopped))
 
 
+def test_backbones_are_pre_ranked_on_frozen_features_the_linear_probes_reuse(run, tiny_bert, tiny_distilbert):
+    pre = json.loads((run.output / "results.json").read_text())["prerank"]
+    assert set(pre["scores"]) == {str(tiny_bert), str(tiny_distilbert)} and pre["kept"] == pre["order"]
+    assert pre["order"] == sorted(pre["scores"], key=lambda n: -pre["scores"][n]["logme"])
+    assert all(0.0 <= v["knn_accuracy"] <= 1.0 and v["examples"] == 480 for v in pre["scores"].values())
+    assert set(pre["best_validation"]) == set(pre["scores"]) and pre["spearman_logme"] is None  # 2 backbones
+    probes = [r for r in run.records if r.strategy == "linear_probe"]
+    assert probes
+    for r in probes:  # each fitted its head on the features computed once before the trials
+        [result] = [json.loads(ln) for f in (run.output / "tune").glob(f"trial_{r.trial_id}/result.json")
+                    for ln in f.read_text().splitlines() if ln.strip()]
+        assert result["cached_features"] is True
+    assert "backbone pre-rank" in (run.output / "leaderboard.html").read_text()
+
+
+def test_prerank_k_searches_only_the_k_best_backbones(ray_session, sentiment_dir, tiny_space, tmp_path):
+    result = autotransfer.search(
+        task="text-cls", data=sentiment_dir, space=tiny_space, num_samples=2, max_epochs=1, evals_per_epoch=1,
+        strategies=["linear_probe"], seed=0, dashboard=False, output=tmp_path / "run", prerank=1, soup=False,
+    )
+    pre = json.loads((tmp_path / "run" / "results.json").read_text())["prerank"]
+    assert len(pre["order"]) == 2 and pre["kept"] == pre["order"][:1]
+    assert {r.backbone for r in result.records} == set(pre["kept"])
+
+
 def test_only_the_exported_checkpoint_is_kept(run):
     left = list((run.output / "tune").glob("*/checkpoint_*"))
     assert len(left) == 1 and run.best.trial_id in str(left[0])

@@ -127,6 +127,32 @@ def test_a_soup_of_a_lora_and_a_full_trial_averages_merged_weights_and_exports_t
         assert not torch.allclose(exported[key], merged["full"][key])  # not the best trial alone
 
 
+def test_a_linear_probe_fits_on_the_search_s_frozen_features_without_a_forward_pass_over_train(ctx, monkeypatch):
+    import dataclasses
+
+    from autotransfer import training
+    from autotransfer.features import frozen_features
+    from autotransfer.tasks import get_task
+
+    backbone = next(iter(ctx.backbones))
+    config = {"backbone": backbone, "strategy": "linear_probe", "C": 1.0, "batch_size": 16}
+    computed = []
+    real = training.head_features
+    monkeypatch.setattr(training, "head_features", lambda *a, **k: computed.append(a[4]) or real(*a, **k))
+    own = train(config, ctx, lambda m, c: None)
+    assert computed == ["train"] and own["cached_features"] is False
+
+    found = frozen_features(get_task(ctx.task), ctx.backbones[backbone], ctx.prepared[backbone], ctx.label_names,
+                            ctx.seed)
+    cached_ctx = dataclasses.replace(ctx, features={backbone: (found.x, found.y)})
+    computed.clear()
+    runs = [train(config, cached_ctx, lambda m, c: None) for _ in range(2)]  # two trials, one computation
+    assert computed == [] and all(r["cached_features"] for r in runs)
+    assert len(found.y) == 480
+    for r in runs:  # the same features up to float noise (other padding per batch): the same probe
+        assert r["accuracy"] == pytest.approx(own["accuracy"], abs=1 / 80)
+
+
 def test_trial_limits_torch_threads_to_its_cpu_share(ctx):
     import dataclasses
 

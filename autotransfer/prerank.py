@@ -1,0 +1,135 @@
+"""Backbones scored before any trial: LogME and a k-NN accuracy on their frozen features.
+
+**LogME** (You et al., ICML 2021, "LogME: Practical Assessment of Pre-trained Models for
+Transfer Learning"): for each class, a Bayesian linear regression from the features ``F``
+(n x d) to the class indicator ``y``, with prior precision ``alpha`` and noise precision
+``beta`` set by evidence maximisation.  The log evidence of ``y`` is
+
+    L(a, b) = d/2 log a + n/2 log b - n/2 log 2pi - b/2 |F m - y|^2 - a/2 |m|^2 - 1/2 log|A|,
+    A = a I + b F'F,   m = b A^-1 F'y,
+
+maximised by the paper's fixed-point iteration (Algorithm 1: ``gamma = sum s_i b / (a + b s_i)``
+over the eigenvalues ``s_i`` of ``F'F``, ``a = gamma / |m|^2``, ``b = (n - gamma) / |F m - y|^2``);
+LogME is the mean over classes of ``L / n``.  Higher: features a linear head can use.
+No maintained package implements it, so it is written here from the paper.
+
+**k-NN accuracy**: scikit-learn's ``KNeighborsClassifier`` (cosine distance), 5-fold
+stratified cross-validation on the training split.
+
+Both are estimates: published comparisons find them unstable across data sets, so the
+search reports after the fact how well they predicted the fine-tuned ranking
+(:func:`spearman`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+
+
+@dataclass
+class Evidence:
+    """One class's maximised log evidence per example, at its (alpha, beta)."""
+
+    value: float
+    alpha: float
+    beta: float
+
+
+def class_evidence(f: np.ndarray, y: np.ndarray, s: np.ndarray, v: np.ndarray, max_iter: int = 100,
+                   tol: float = 1e-3) -> Evidence:
+    """LogME's fixed point for one target ``y`` (n,), given ``F'F = v diag(s) v'`` (see the module)."""
+    n, d = f.shape
+    fty = v.T @ (f.T @ y)  # F'y in the eigenbasis
+    alpha, beta = 1.0, 1.0
+    for _ in range(max_iter):
+        gamma = float(np.sum(beta * s / (alpha + beta * s)))
+        m = v @ (beta * fty / (alpha + beta * s))
+        m2 = float(m @ m)
+        residual = float(np.sum((f @ m - y) ** 2))
+        new_alpha = gamma / max(m2, 1e-12)
+        new_beta = max(n - gamma, 1e-12) / max(residual, 1e-12)
+        done = abs(new_alpha / new_beta - alpha / beta) <= tol * (alpha / beta)
+        alpha, beta = new_alpha, new_beta
+        if done:
+            break
+    m = v @ (beta * fty / (alpha + beta * s))
+    m2 = float(m @ m)
+    residual = float(np.sum((f @ m - y) ** 2))
+    evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - n / 2 * math.log(2 * math.pi)
+                - beta / 2 * residual - alpha / 2 * m2 - 0.5 * float(np.sum(np.log(alpha + beta * s))))
+    return Evidence(evidence / n, alpha, beta)
+
+
+def logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME of ``features`` (n, d) for integer class ``labels`` (n,): the mean over classes of the log evidence
+    per example."""
+    f = np.asarray(features, dtype=np.float64)
+    s, v = np.linalg.eigh(f.T @ f)
+    s = np.clip(s, 0.0, None)
+    classes = np.unique(labels)
+    return float(np.mean([class_evidence(f, (labels == c).astype(np.float64), s, v).value for c in classes]))
+
+
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0, k: int = 10) -> Optional[float]:
+    """5-fold (fewer for rare classes) cross-validated accuracy of a k-NN classifier; None when a class has a
+    single example."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    folds = min(5, int(np.bincount(np.unique(labels, return_inverse=True)[1]).min()))
+    if folds < 2:
+        return None
+    n_train = len(labels) * (folds - 1) // folds
+    clf = KNeighborsClassifier(n_neighbors=max(1, min(k, n_train - 1)), metric="cosine")
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(np.mean(cross_val_score(clf, features, labels, cv=cv)))
+
+
+@dataclass
+class BackboneScore:
+    """A backbone's transferability estimates and what they cost."""
+
+    logme: float
+    knn_accuracy: Optional[float]
+    seconds: float
+    examples: int
+
+
+def score_backbones(features: Mapping[str, tuple[np.ndarray, np.ndarray]], seed: int = 0,
+                    max_rows: int = 10_000) -> dict[str, BackboneScore]:
+    """LogME and k-NN accuracy of each backbone's features (a stratified sample of ``max_rows`` at most)."""
+    out = {}
+    for name, (x, y) in features.items():
+        start = time.perf_counter()
+        if len(y) > max_rows:
+            from sklearn.model_selection import train_test_split
+
+            x, _, y, _ = train_test_split(x, y, train_size=max_rows, stratify=y, random_state=seed)
+        out[name] = BackboneScore(logme=logme(x, y), knn_accuracy=knn_accuracy(x, y, seed),
+                                  seconds=time.perf_counter() - start, examples=len(y))
+    return out
+
+
+def ranked(scores: Mapping[str, BackboneScore]) -> list[str]:
+    """Backbone names by LogME, best first."""
+    return sorted(scores, key=lambda n: -scores[n].logme)
+
+
+def spearman(predicted: Mapping[str, float], actual: Mapping[str, float]) -> Optional[float]:
+    """Spearman's rank correlation over the backbones both hold (None with fewer than 3, or no spread)."""
+    from scipy.stats import spearmanr
+
+    common = [n for n in predicted if n in actual and actual[n] is not None]
+    if len(common) < 3:
+        return None
+    rho = spearmanr([predicted[n] for n in common], [actual[n] for n in common]).statistic
+    return None if rho is None or not math.isfinite(float(rho)) else float(rho)
+
+
+def to_dict(scores: Mapping[str, BackboneScore]) -> dict[str, dict]:
+    return {n: asdict(s) for n, s in scores.items()}
