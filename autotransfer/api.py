@@ -185,6 +185,7 @@ class _Search:
                    or get_strategy(n).fits_head_first]
         if not fitting and not s.prerank:
             return {}, None
+        from autotransfer.backbones import display_name
         from autotransfer.features import cache_features
         from autotransfer.prerank import ranked, score_backbones, to_dict
 
@@ -204,8 +205,10 @@ class _Search:
         self.log(f"frozen features of {len(found)} backbone(s) computed once ({seconds:.1f}s, "
                  f"{sum(f.nbytes for f in found.values()) / 2**20:.1f} MiB), shared by the trials that fit a head "
                  f"on them; pre-rank (LogME / k-NN accuracy): " + "; ".join(
-                     f"{n} {scores[n].logme:.3f} / {_fmt(scores[n].knn_accuracy)}" for n in order if n in scores)
-                 + (f"; searching the best {len(kept)}: {', '.join(kept)}" if len(kept) < len(order) else ""))
+                     f"{display_name(n)} {scores[n].logme:.3f} / {_fmt(scores[n].knn_accuracy)}"
+                     for n in order if n in scores)
+                 + (f"; searching the best {len(kept)}: {', '.join(map(display_name, kept))}"
+                    if len(kept) < len(order) else ""))
         prerank = {"scores": to_dict(scores), "order": order, "kept": kept, "asked": s.prerank,
                    "features_seconds": {n: round(f.seconds, 2) for n, f in found.items()}, "seconds": round(seconds, 2)}
         return {n: (f.x, f.y) for n, f in found.items() if n in kept}, prerank
@@ -225,8 +228,9 @@ class _Search:
             prerank[f"spearman_{key}"] = spearman({n: v[key] for n, v in scores.items() if v[key] is not None}, best)
         rho = prerank["spearman_logme"]
         top = max(best, key=best.get) if best else None
-        self.log(f"pre-rank vs the search: the best backbone was LogME's #{prerank['order'].index(top) + 1}"
-                 if top in prerank["order"] else "pre-rank vs the search: no backbone finished")
+        self.log(f"pre-rank vs the search: the best backbone was LogME's #{prerank['order'].index(top) + 1} "
+                 f"of {len(prerank['order'])}" if top in prerank["order"] else
+                 "pre-rank vs the search: no backbone finished")
         if rho is not None:
             self.log(f"  Spearman(LogME, best validation {self.s.metric}) over {len(best)} backbones: {rho:+.2f}")
 
