@@ -399,7 +399,8 @@ def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared:
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             with _autocast(device, dtype):
                 task.logits(model, inputs)
-            x, y = task.objective.feature_rows(captured.pop(), y)  # e.g. a tagger keeps the tagged positions
+            x, y = task.objective.feature_rows(task.classifier_input(captured.pop(), inputs), y)  # e.g. a tagger
+            # keeps its tagged positions, a decoder's classifier the last real token
             features.append(x)
             labels.append(y)
             size += x.nbytes + y.nbytes

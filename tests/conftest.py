@@ -102,6 +102,33 @@ def tiny_bert(tmp_path_factory, wordpiece) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert", wordpiece, seed=0)
 
 
+def save_tiny_gpt2(folder: Path, texts: list[str], seed: int) -> Path:
+    """A 2-layer GPT-2 (hidden 32, random weights) with a byte-level BPE tokenizer trained on ``texts``; like
+    GPT-2's own, the tokenizer has an end-of-text token and no pad token."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, special_tokens=["<|endoftext|>"])
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=64)
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=eos, eos_token_id=eos)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer decoder-only GPT-2 saved as a local Hugging Face folder (its tokenizer has no pad token)."""
+    return save_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2", [t for t, _ in make_sentences(400, 0)],
+                          seed=2)
+
+
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory, wordpiece) -> Path:
     """A 3-layer DistilBERT (dim 32): an architecture peft has no LoRA target table for."""

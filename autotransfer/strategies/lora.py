@@ -37,6 +37,8 @@ class Lora(Strategy):
             lora_dropout=float(self.hp(config, "lora_dropout")),
             target_modules=list(bundle.lora_targets),
             modules_to_save=list(bundle.head_modules),
+            # GPT-2's layers are transformers' Conv1D (weights stored transposed): peft must know
+            fan_in_fan_out=_targets_conv1d(bundle.model, bundle.lora_targets),
         )
         model = get_peft_model(bundle.model, lora_config)
         lr = float(self.hp(config, "lr"))
@@ -55,3 +57,12 @@ class Lora(Strategy):
         if isinstance(model, PeftModel):
             return model.merge_and_unload()
         return model
+
+
+def _targets_conv1d(model: nn.Module, targets: list[str]) -> bool:
+    """Whether the LoRA targets are transformers' ``Conv1D`` layers (GPT-2 family) rather than ``nn.Linear``."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - another transformers layout
+        return False
+    return any(isinstance(m, Conv1D) for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in targets)

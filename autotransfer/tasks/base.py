@@ -123,6 +123,13 @@ class Task:
         """Class scores for a batch."""
         raise NotImplementedError
 
+    def classifier_input(self, captured: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the classifier layer's input for a batch means for the objective: by default as captured.
+
+        A model that scores every position and pools afterwards (a decoder's sequence classifier)
+        returns the pooled positions' rows here, so a head fitted on features sees what it scores."""
+        return captured
+
     def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
         """Save ``model`` in its library's standard folder format."""
         raise NotImplementedError

@@ -339,12 +339,27 @@ class TextClassification(Task):
     def logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**inputs).logits
 
+    def classifier_input(self, captured: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A decoder's sequence classifier (GPT-2, Llama...) scores every position, then keeps the last real
+        token's scores; its classifier input is (batch, length, hidden): keep that token's row.  Batches are
+        padded on the right, so it is the row's last unmasked position."""
+        if captured.dim() != 3:
+            return captured
+        last = inputs["attention_mask"].sum(-1).clamp(min=1) - 1
+        return captured[torch.arange(captured.shape[0], device=captured.device), last.to(captured.device)]
+
     # ----------------------------------------------------------------- export
     def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
         from transformers import AutoTokenizer
 
         model.save_pretrained(out, safe_serialization=True)
-        AutoTokenizer.from_pretrained(backbone.source).save_pretrained(out)
+        tokenizer = AutoTokenizer.from_pretrained(backbone.source)
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            # a decoder's tokenizer (GPT-2, Llama) has none: the one the model was trained with, so that a
+            # pipeline can pad batches (the model's config carries the same id)
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # as in training: absolute positions (GPT-2) stay where they were
+        tokenizer.save_pretrained(out)
 
     def predict(self, model_dir: Path, data: Path, settings: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         from transformers import pipeline

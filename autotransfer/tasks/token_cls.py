@@ -129,6 +129,9 @@ class TokenClassification(TextClassification):
     name = "token-cls"
     auto_model = "AutoModelForTokenClassification"
 
+    def classifier_input(self, captured: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return captured  # every position is scored: the objective keeps the tagged ones
+
     # ------------------------------------------------------------------ data
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
         info = super().describe_backbone(name, settings)
