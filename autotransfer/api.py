@@ -295,6 +295,14 @@ class _Search:
         splits = self.spec.load_data(s)
         backbones = {name: self.task.describe_backbone(name, s) for name in space.backbones}
         for name, bb in backbones.items():
+            tuned = bb.details.get("fine_tuned")
+            if tuned:
+                run = tuned.get("run") or {}
+                self.log(f"backbone {name}: already fine-tuned ({tuned['architecture']}, labels "
+                         f"{', '.join(tuned['labels'][:6])}{', ...' if len(tuned['labels']) > 6 else ''}"
+                         + (f"; trial {run.get('trial_id')} of an autotransfer {run.get('task')} run" if run else "")
+                         + "): its head is dropped and a fresh one built for this run's labels")
+        for name, bb in backbones.items():
             if "freeze" in space.strategies and bb.num_layers == 0:
                 raise UserError(f"backbone {name!r}: no repeated layers found, so strategy 'freeze' cannot apply; "
                                 "drop it with --strategies")
@@ -382,6 +390,7 @@ class _Search:
                     "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed,
                     "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes})},
             budget=budget.to_dict(), prerank=prerank,
+            backbones={n: {"source": b.source, "num_layers": b.num_layers, **b.details} for n, b in backbones.items()},
         )
         writer = ReportWriter(out, s.metric, meta, time.time())
         live = LiveLeaderboard(s.metric, s.max_iterations, s.num_samples, console=self.console,

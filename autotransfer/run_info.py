@@ -29,6 +29,9 @@ class RunInfo:
     engine: dict[str, Any]
     #: the derived budget in optimizer steps (``autotransfer.budget``)
     budget: dict[str, Any]
+    #: each backbone searched: where it loads from, its layer groups, what the task found (e.g. the earlier
+    #: run an already fine-tuned backbone comes from)
+    backbones: Optional[dict[str, Any]] = None
     wall_time_s: Optional[float] = None
     first_result_s: Optional[float] = None
     trial_hours: Optional[float] = None
@@ -44,7 +47,7 @@ class RunInfo:
     test: Optional[dict[str, Any]] = None
     best_trial: Optional[str] = None
 
-    _OPTIONAL = ("live", "refit", "soup", "prerank", "test", "best_trial")
+    _OPTIONAL = ("live", "refit", "soup", "prerank", "test", "best_trial", "backbones")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` layout; outcome fields that were never set are left out."""

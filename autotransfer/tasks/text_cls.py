@@ -144,6 +144,25 @@ def _truncate(rows: list[list[int]], max_len: int, prefix: int, suffix: int) -> 
     return [r if len(r) <= max_len else list(r[:keep]) + list(r[len(r) - suffix:]) for r in rows]
 
 
+def _reinitialize(model: nn.Module, names: set[str]) -> None:
+    """Fresh weights for the modules owning ``names`` (a dropped task head), drawn as transformers initialises a
+    new classifier: linear weights from N(0, initializer_range), biases 0, norms 1 and 0."""
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    owners = {n.rsplit(".", 1)[0] for n in names if "." in n}
+    with torch.no_grad():
+        for owner in sorted(owners):
+            module = model.get_submodule(owner)
+            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
 def _model_max_length(tokenizer: Any, config: Any) -> int:
     caps = [v for v in (getattr(tokenizer, "model_max_length", None),
                         getattr(config, "max_position_embeddings", None)) if isinstance(v, int) and 0 < v < 100_000]
@@ -185,11 +204,33 @@ class TextClassification(Task):
             skeleton = self._auto_model().from_config(config, trust_remote_code=trust)
         list_name = find_block_list(skeleton)
         num_layers = len(skeleton.get_submodule(list_name)) if list_name else 0
-        return BackboneInfo(
-            name=name, source=source, num_layers=num_layers,
-            preprocessing=tokenizer_fingerprint(tokenizer),
-            details={"model_type": getattr(config, "model_type", "?"), "max_length": _model_max_length(tokenizer, config)},
-        )
+        details: dict[str, Any] = {"model_type": getattr(config, "model_type", "?"),
+                                   "max_length": _model_max_length(tokenizer, config)}
+        details.update(self._fine_tuned_from(name, folder, config))
+        return BackboneInfo(name=name, source=source, num_layers=num_layers,
+                            preprocessing=tokenizer_fingerprint(tokenizer), details=details)
+
+    def _fine_tuned_from(self, name: str, folder: Optional[Path], config: Any) -> dict[str, Any]:
+        """What an already fine-tuned classifier (e.g. an earlier run's ``best/``) brings: its head is dropped and
+        a fresh one built for this run's labels; its labels and the run that produced it are recorded."""
+        heads = [a for a in (getattr(config, "architectures", None) or [])
+                 if a.endswith(("ForSequenceClassification", "ForTokenClassification"))]
+        if not heads:
+            return {}
+        found: dict[str, Any] = {"fine_tuned": {"architecture": heads[0],
+                                                "labels": [str(v) for v in (config.id2label or {}).values()]}}
+        sidecar = folder / "autotransfer.json" if folder is not None else None
+        if sidecar is not None and sidecar.is_file():
+            try:
+                run = json.loads(sidecar.read_text())
+            except (OSError, ValueError):
+                run = {}
+            if run.get("task") not in (None, self.name):
+                raise UserError(f"backbone {name!r}: a {run['task']} model (its autotransfer.json); {self.name} "
+                                f"takes a plain backbone or a {self.name} run's best/")
+            found["fine_tuned"]["run"] = {k: run.get(k) for k in ("task", "trial_id", "backbone",
+                                                                   "validation_metric", "test_metrics")}
+        return found
 
     # ---------------------------------------------------------- preparation
     def prepare(self, backbones: list[BackboneInfo], splits: LabeledSplits,
@@ -285,10 +326,16 @@ class TextClassification(Task):
                                             label2id={v: k for k, v in id2label.items()}, trust_remote_code=trust)
         if config.pad_token_id is None and getattr(config, "eos_token_id", None) is not None:
             config.pad_token_id = config.eos_token_id
+        fine_tuned = "fine_tuned" in backbone.details
         model, info = self._auto_model().from_pretrained(
-            backbone.source, config=config, output_loading_info=True, dtype=torch.float32, trust_remote_code=trust)
+            backbone.source, config=config, output_loading_info=True, dtype=torch.float32, trust_remote_code=trust,
+            ignore_mismatched_sizes=fine_tuned)
         named = dict(model.named_parameters())
         fresh = set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())}
+        if fine_tuned:  # an earlier task's head: everything outside the base model is built anew
+            prefix = f"{model.base_model_prefix}."
+            fresh |= {n for n in named if not n.startswith(prefix)}
+            _reinitialize(model, fresh)
         head = [n for n in named if n in fresh]
         list_name = find_block_list(model, skip=[m.rsplit(".", 1)[0] for m in head])
         if list_name is None:
