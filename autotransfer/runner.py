@@ -40,6 +40,9 @@ def start_ray(settings: SearchSettings) -> Cluster:
         # summaries of them ("Trials did not complete", "Failed to fetch metrics") would scroll past it
         for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        # "The `process_trial_result` operation took 0.53 s, which may be a performance bottleneck": Ray Tune's
+        # hints for its own developers, printed whenever a loaded machine slows the driver for half a second
+        logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(
             # no --address: always a fresh local Ray, even if `ray start` left a cluster (or a stale record

@@ -93,6 +93,24 @@ def test_page_is_self_contained_and_escapes_user_strings(run_dir):
     assert 'id="leaderboard"' in page and "127.0.0.1:8265" in page
 
 
+def test_the_page_shows_the_pre_rank_and_the_soup_while_running_and_after(run_dir):
+    records, meta = load_results(run_dir)
+    scores = {"/models/bert": {"logme": -0.5, "knn_accuracy": 0.8}, "/models/distil": {"logme": -0.7,
+                                                                                        "knn_accuracy": None}}
+    meta["prerank"] = {"scores": scores, "order": ["/models/bert", "/models/distil"], "kept": ["/models/bert"],
+                       "asked": 1, "seconds": 1.5}  # as drawn while the search runs: no outcome yet
+    page = write_report(run_dir, records, {**meta, "live": True}).read_text()
+    assert "backbone pre-rank" in page and "-0.500 / 0.800" in page and "not searched: --prerank 1" in page
+    assert "<th>test accuracy</th>" in page  # the exported model is the best trial's: its row shows its test score
+    meta["prerank"].update(best_validation={"/models/bert": 0.91}, spearman_logme=None)
+    meta["soup"] = {"ingredients": ["t0", "t1"], "validation_metric": 0.93, "best_single_validation_metric": 0.91,
+                    "exported": True, "tried": [{"trial_id": "t1", "validation_metric": 0.93, "kept": True}]}
+    page = write_report(run_dir, records, meta).read_text()
+    assert "best validation 0.9100" in page and "2 trials averaged" in page and "(the soup)" in page
+    # the test score belongs to the exported soup, not to the best trial's row
+    assert "<th>test accuracy</th>" not in page
+
+
 def test_report_command_rebuilds_the_page(run_dir):
     from autotransfer.cli import main
 
