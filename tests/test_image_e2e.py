@@ -43,7 +43,22 @@ def test_best_folder_loads_with_timm_and_predicts(run, shapes_dir):
     transform = create_transform(**resolve_data_config({}, model=model), is_training=False)
     x = torch.stack([transform(Image.open(p).convert("RGB")) for p in sorted((shapes_dir / "test" / "red").iterdir())[:4]])
     assert model(x).shape == (4, 2)
-    assert 0 <= run.test_metrics["accuracy"] <= 1
+
+
+def test_the_exported_model_reproduces_the_winning_validation_score(run, shapes_dir):
+    """Loaded as a user would (``autotransfer predict``: timm's own eval transform), the exported model scores on
+    the validation images what the choice was made on: the best trial's score, or the soup's."""
+    from pathlib import Path
+
+    from autotransfer.predict import predict_rows
+
+    soup = json.loads((run.output / "results.json").read_text()).get("soup") or {}
+    winning = soup["validation_metric"] if soup.get("exported") else run.best.best_metric
+    rows = list(predict_rows(run.best_dir, shapes_dir / "val"))
+    accuracy = sum(r["prediction"] == Path(r["path"]).parent.name for r in rows) / len(rows)
+    assert len(rows) == 24 and accuracy == pytest.approx(winning)
+    json_test = json.loads((run.output / "test_metrics.json").read_text())
+    assert json_test == run.test_metrics and run.test_metrics["accuracy"] > 0.5  # red vs blue: above chance
 
 
 def test_predict_on_an_image_folder(run, shapes_dir):

@@ -86,7 +86,7 @@ def test_best_checkpoint_loads_with_pipeline_and_predicts_label_names(run):
     clf = pipeline("text-classification", model=str(run.best_dir))
     preds = clf(["a wonderful superb film", "boring awful terrible acting"])
     assert {p["label"] for p in preds} <= {"negative", "positive"}
-    assert 0 <= run.test_metrics["accuracy"] <= 1
+    assert run.test_metrics["accuracy"] > 0.75  # the cue words are learnable (12% label noise, chance 0.5)
     sidecar = json.loads((run.best_dir / "autotransfer.json").read_text())
     assert sidecar["config"]["strategy"] == run.best.strategy
 
