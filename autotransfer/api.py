@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 #: files that mark a folder as holding a run
 RUN_MARKERS = ("settings.json", "results.json", TUNE_DIR)
+#: task -> a shipped space whose backbones load offline (weights installed by the set-up command)
+OFFLINE_SPACES = {"text-cls": "search_spaces/text-cls-example.yaml"}
 
 
 class SearchFailed(RuntimeError):
@@ -293,7 +295,7 @@ class _Search:
         if space.task and space.task != s.task:
             raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")
         splits = self.spec.load_data(s)
-        backbones = {name: self.task.describe_backbone(name, s) for name in space.backbones}
+        backbones = self._describe(space)
         for name, bb in backbones.items():
             tuned = bb.details.get("fine_tuned")
             if tuned:
@@ -307,6 +309,26 @@ class _Search:
                 raise UserError(f"backbone {name!r}: no repeated layers found, so strategy 'freeze' cannot apply; "
                                 "drop it with --strategies")
         return space, splits, backbones
+
+    def _describe(self, space: SearchSpace) -> dict[str, BackboneInfo]:
+        """Each backbone's description; hub models that cannot be had (offline) are named together, in one line."""
+        from autotransfer.backbones import HubUnavailable
+
+        found, missing = {}, []
+        for name in space.backbones:
+            try:
+                found[name] = self.task.describe_backbone(name, self.s)
+            except HubUnavailable as exc:
+                missing.append((name, exc))
+        if len(missing) == 1:
+            raise missing[0][1]
+        if missing:
+            offline = OFFLINE_SPACES.get(self.s.task)
+            raise UserError(f"{len(missing)} hub backbone(s) are not cached and the model hub cannot be reached: "
+                            f"{', '.join(n for n, _ in missing)}; download them once, pass local folders with "
+                            "--backbones" + (f", or search the model a pip package ships: --space {offline}"
+                                             if offline else ""))
+        return found
 
     def _fresh_output(self, out: Path) -> None:
         if self.s.overwrite and out.is_dir():

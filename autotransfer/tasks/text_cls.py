@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from autotransfer.backbones import blocks_by_list, find_block_list, layout, linear_leaf_names, local_folder, offline_hint
+from autotransfer.backbones import (HubUnavailable, blocks_by_list, find_block_list, layout, linear_leaf_names,
+                                    local_folder, offline_hint)
 from autotransfer.data import SPLITS, LabeledSplits, Split
 from autotransfer.errors import UserError
 from autotransfer.recipes import Recipe
@@ -198,7 +199,7 @@ class TextClassification(Task):
             if folder is not None:
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise UserError(f"backbone {name!r}: {folder} is not a Hugging Face model folder ({first})") from None
-            raise UserError(offline_hint(name, exc)) from None
+            raise HubUnavailable(offline_hint(name, exc)) from None
         # the layout is read from a weightless skeleton: no download, no memory
         with torch.device("meta"):
             skeleton = self._auto_model().from_config(config, trust_remote_code=trust)
