@@ -213,7 +213,7 @@ class _Search:
                     if len(kept) < len(order) else ""))
         prerank = {"scores": to_dict(scores), "order": order, "kept": kept, "asked": s.prerank,
                    "features_seconds": {n: round(f.seconds, 2) for n, f in found.items()}, "seconds": round(seconds, 2)}
-        return {n: (f.x, f.y) for n, f in found.items() if n in kept}, prerank
+        return {n: f for n, f in found.items() if n in kept}, prerank
 
     def _prerank_held(self, prerank: dict[str, Any], records: list[TrialRecord]) -> None:
         """How well the pre-rank predicted the search: Spearman between each backbone's score and its best

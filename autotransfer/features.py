@@ -33,22 +33,26 @@ class NotCached(RuntimeError):
 
 @dataclass
 class FrozenFeatures:
-    """A backbone's head input over the training split: rows of features and their class ids."""
+    """A backbone's head input: rows of features and their class ids over the training split, and, when rows
+    are examples (classification), over the validation split with the order its evaluation loader yields them."""
 
     x: np.ndarray
     y: np.ndarray
     seconds: float
+    val_x: Optional[np.ndarray] = None
+    val_y: Optional[np.ndarray] = None
+    val_order: Optional[np.ndarray] = None
 
     @property
     def nbytes(self) -> int:
-        return int(self.x.nbytes + self.y.nbytes)
+        return int(sum(a.nbytes for a in (self.x, self.y, self.val_x, self.val_y, self.val_order) if a is not None))
 
 
 def frozen_features(task: Task, backbone: BackboneInfo, prepared: Any, label_names: list[str], seed: int,
                     trust_remote_code: bool = False, batch_size: int = 64, precision: str = "auto",
                     use_gpu: bool = False, limit_bytes: Optional[int] = None) -> FrozenFeatures:
     """What a ``linear_probe`` trial of ``backbone`` fits its head on (see the module docstring)."""
-    from autotransfer.training import autocast_dtype, build_trial_model, device_for, head_features
+    from autotransfer.training import autocast_dtype, build_trial_model, device_for, head_features, loader_order
 
     start = time.perf_counter()
     torch.manual_seed(seed)  # as a trial does before building its model (training._train)
@@ -58,9 +62,18 @@ def frozen_features(task: Task, backbone: BackboneInfo, prepared: Any, label_nam
         raise NotCached("no linear classifier in the head")  # nothing to fit on features: nothing to keep
     device = device_for(use_gpu)
     adapted.model.to(device)
-    x, y = head_features(adapted.model, adapted.classifier, task, prepared, "train", batch_size, device,
-                         autocast_dtype(precision, device), limit_bytes=limit_bytes)
-    return FrozenFeatures(x=x.astype(np.float32, copy=False), y=y, seconds=time.perf_counter() - start)
+    dtype = autocast_dtype(precision, device)
+    x, y = head_features(adapted.model, adapted.classifier, task, prepared, "train", batch_size, device, dtype,
+                         limit_bytes=limit_bytes)
+    found = FrozenFeatures(x=x.astype(np.float32, copy=False), y=y, seconds=0.0)
+    if task.objective.rows_are_examples:  # a fitted head is then scored on these, without the backbone
+        room = None if limit_bytes is None else limit_bytes - found.nbytes
+        vx, vy = head_features(adapted.model, adapted.classifier, task, prepared, "validation", batch_size, device,
+                               dtype, limit_bytes=room)
+        found.val_x, found.val_y = vx.astype(np.float32, copy=False), vy
+        found.val_order = loader_order(task, prepared, "validation", batch_size)
+    found.seconds = time.perf_counter() - start
+    return found
 
 
 def cache_features(task: Task, backbones: Mapping[str, BackboneInfo], prepared: Mapping[str, Any],

@@ -31,6 +31,9 @@ class Objective(ABC):
     default_metric: ClassVar[str]
     #: what the labels are called in messages ("classes", "tags")
     noun: ClassVar[str] = "labels"
+    #: :meth:`feature_rows` gives one row per example, so a head fitted on features can be scored on the
+    #: validation split's features without the backbone (the frozen-feature cache)
+    rows_are_examples: ClassVar[bool] = True
 
     # ``labels`` is whatever the task's batches carry, on the device: a tensor, or a dict of them
     @abstractmethod
@@ -126,6 +129,7 @@ class TokenTagging(Objective):
     metrics = ENTITY_METRICS
     default_metric = "entity_f1"
     noun = "tags"
+    rows_are_examples = False  # rows are tagged positions; entity scores need the sentences
 
     def loss(self, logits: "torch.Tensor", labels: dict[str, Any], *, label_smoothing: float = 0.0,
              reduction: str = "mean") -> "torch.Tensor":

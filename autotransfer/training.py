@@ -70,9 +70,9 @@ class TrialContext:
     shipped: dict[str, Any] = field(default_factory=dict)
     #: the search's step budget; None: max_epochs x evals_per_epoch rounds with no step floor
     budget: Optional[Budget] = None
-    #: backbone -> (features, class ids) its head sees over the training split, computed once before the trials
-    #: (autotransfer.features); a backbone not here computes its own
-    features: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: backbone -> what its head sees over the training (and validation) split, computed once before the trials
+    #: (``autotransfer.features.FrozenFeatures``); a backbone not here computes its own
+    features: dict[str, Any] = field(default_factory=dict)
 
     def budget_for(self, train_examples: int, batch_size: int) -> Budget:
         return self.budget or derive_budget(train_examples, batch_size, self.max_epochs, self.evals_per_epoch, 1,
@@ -382,13 +382,42 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
     return last
 
 
+def loader_order(task: Task, prepared: Any, split: str, batch_size: int) -> np.ndarray:
+    """The split positions of an evaluation loader's examples, in the order it yields them (text sorts by
+    length)."""
+    loader = task.batches(prepared, split, batch_size, train=False)
+    order = getattr(loader, "batch_sampler", None)
+    if isinstance(order, list):
+        return np.concatenate([np.asarray(b, dtype=np.int64) for b in order])
+    return np.arange(task.num_examples(prepared, split), dtype=np.int64)
+
+
+def evaluate_features(classifier: nn.Module, task: Task, x: np.ndarray, y: np.ndarray,
+                      order: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate` of a head fitted on features, on the split's cached features (rows = examples, in the
+    loader's ``order``): the classifier alone, no backbone.  Predictions come back in split order."""
+    objective = task.objective
+    with torch.inference_mode():
+        weight = classifier.weight.detach().float().cpu()
+        bias = classifier.bias.detach().float().cpu() if classifier.bias is not None else None
+        logits = torch.nn.functional.linear(torch.from_numpy(x).float(), weight, bias)
+        labels = torch.from_numpy(y)
+        loss = float(objective.loss(logits, labels, reduction="sum")) / max(1, objective.count(labels))
+        y_pred, y_true = objective.decode(logits, labels)
+    metrics = objective.score(y_true, y_pred)
+    metrics["loss"] = loss
+    in_order = np.empty_like(y_pred)
+    in_order[order] = y_pred
+    return metrics, in_order
+
+
 @torch.inference_mode()
 def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared: Any, split: str, batch_size: int,
                   device: torch.device, dtype: Optional[torch.dtype],
                   limit_bytes: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """What ``classifier`` sees for every example of a split (one forward pass, eval mode, no augmentation), as
-    the objective's rows of (features, class id).  Past ``limit_bytes`` of features it stops and raises
-    :class:`autotransfer.features.FeaturesTooLarge`."""
+    the objective's rows of (features, class id), in the loader's order (:func:`loader_order`).  Past
+    ``limit_bytes`` of features it stops and raises :class:`autotransfer.features.NotCached`."""
     captured: list[torch.Tensor] = []
     hook = classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     model.eval()
@@ -424,7 +453,7 @@ def _fit_classifier(strategy: Strategy, adapted: Adapted, config: Mapping[str, A
     t0 = time.perf_counter()
     cached = ctx.features.get(config["backbone"])
     if cached is not None:
-        features, labels = cached
+        features, labels = cached.x, cached.y
     else:
         features, labels = head_features(adapted.model, adapted.classifier, task, prepared, "train",
                                          batch_size * 2, device, dtype)
@@ -443,7 +472,11 @@ def _fit_head(strategy: Strategy, adapted: Adapted, config: Mapping[str, Any], c
     evaluation.  The trial's whole budget, so its one report is its last."""
     examples, elapsed, cached = _fit_classifier(strategy, adapted, config, ctx, task, prepared, batch_size, device,
                                                 dtype)
-    metrics, preds = evaluate(adapted.model, task, prepared, "validation", batch_size, device, dtype)
+    found = ctx.features.get(config["backbone"])
+    if found is not None and found.val_x is not None and adapted.classifier is not None:
+        metrics, preds = evaluate_features(adapted.classifier, task, found.val_x, found.val_y, found.val_order)
+    else:
+        metrics, preds = evaluate(adapted.model, task, prepared, "validation", batch_size, device, dtype)
     last = {**{k: v for k, v in metrics.items() if k != "loss"}, "val_loss": metrics["loss"], "train_loss": None,
             "epoch": 1.0, "step": 0, "samples_per_s": examples / elapsed if elapsed > 0 else 0.0,
             CACHED_FEATURES: cached,

@@ -70,7 +70,7 @@ def case(task_name: str, backbone: str, splits, data: Path, repeats: int) -> dic
     uncached_s, uncached = _median_time(lambda: train(config, ctx, lambda m, c: None), repeats)
     once_s, found = _median_time(lambda: frozen_features(task, info, prepared[info.name], splits.label_names,
                                                          ctx.seed), repeats)
-    cached_ctx = dataclasses.replace(ctx, features={info.name: (found.x, found.y)})
+    cached_ctx = dataclasses.replace(ctx, features={info.name: found})
     cached_s, cached = _median_time(lambda: train(config, cached_ctx, lambda m, c: None), repeats)
     assert cached["cached_features"] and not uncached["cached_features"]
     return {"backbone": Path(backbone.split(":", 1)[-1]).name, "train_examples": len(found.y),

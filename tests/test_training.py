@@ -130,6 +130,8 @@ def test_a_soup_of_a_lora_and_a_full_trial_averages_merged_weights_and_exports_t
 def test_a_linear_probe_fits_on_the_search_s_frozen_features_without_a_forward_pass_over_train(ctx, monkeypatch):
     import dataclasses
 
+    import numpy as np
+
     from autotransfer import training
     from autotransfer.features import frozen_features
     from autotransfer.tasks import get_task
@@ -144,13 +146,21 @@ def test_a_linear_probe_fits_on_the_search_s_frozen_features_without_a_forward_p
 
     found = frozen_features(get_task(ctx.task), ctx.backbones[backbone], ctx.prepared[backbone], ctx.label_names,
                             ctx.seed)
-    cached_ctx = dataclasses.replace(ctx, features={backbone: (found.x, found.y)})
+    cached_ctx = dataclasses.replace(ctx, features={backbone: found})
     computed.clear()
-    runs = [train(config, cached_ctx, lambda m, c: None) for _ in range(2)]  # two trials, one computation
-    assert computed == [] and all(r["cached_features"] for r in runs)
-    assert len(found.y) == 480
+    scored = []
+    real_eval = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: scored.append(a[3]) or real_eval(*a, **k))
+    saved = []
+    runs = [train(config, cached_ctx, lambda m, c: saved.append(np.load(Path(c) / "val_predictions.npy")))
+            for _ in range(2)]  # two trials, one computation
+    assert computed == [] and scored == [] and all(r["cached_features"] for r in runs)  # no backbone pass at all
+    assert len(found.y) == 480 and len(found.val_y) == 80
     for r in runs:  # the same features up to float noise (other padding per batch): the same probe
         assert r["accuracy"] == pytest.approx(own["accuracy"], abs=1 / 80)
+    # the predictions kept for the validation interval are in split order, as evaluate() keeps them
+    labels = get_task(ctx.task).labels(ctx.prepared[backbone], "validation")
+    assert (saved[0] == labels).mean() == pytest.approx(runs[0]["accuracy"])
 
 
 def test_trial_limits_torch_threads_to_its_cpu_share(ctx):
