@@ -18,6 +18,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -255,8 +256,10 @@ class _Search:
         def score(model: Any) -> float:
             return evaluate(model, self.task, prepared, "validation", 64, device, dtype)[0][self.s.metric]
 
-        soup = greedy_soup(best.trial_id, [r.trial_id for r in others], lambda t: rebuild(by_id[t], ctx).to(device),
-                           score)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside peft/transformers
+            soup = greedy_soup(best.trial_id, [r.trial_id for r in others],
+                               lambda t: rebuild(by_id[t], ctx).to(device), score)
         kept = len(soup.ingredients) - 1
         self.log(f"model soup: {kept} of {len(others)} other {display_name(best.backbone)} trial(s) averaged in; "
                  + (f"validation {self.s.metric} {soup.validation_metric:.4f} vs {soup.best_single:.4f} for the best "

@@ -210,8 +210,15 @@ def _report_result(result: Any) -> int:
     best = result.best
     assert best is not None
     interval = f" (95% interval {best.interval[0]:.3f} to {best.interval[1]:.3f})" if best.interval else ""
-    print(f"\nbest: {best.backbone} / {best.strategy}  validation {metric} {best.best_metric:.4f}{interval}  "
-          f"test {metric} {result.test_metrics[metric]:.4f}")
+    soup = json.loads((result.output / "results.json").read_text()).get("soup") or {}
+    if soup.get("exported"):  # the exported model is the soup: its scores, then the trial it started from
+        print(f"\nexported: a soup of {len(soup['ingredients'])} trials  validation {metric} "
+              f"{soup['validation_metric']:.4f}  test {metric} {result.test_metrics[metric]:.4f}")
+        print(f"best trial: {best.backbone} / {best.strategy}  validation {metric} {best.best_metric:.4f}{interval}  "
+              f"test {metric} {soup['selected_trial_test_metrics'][metric]:.4f}")
+    else:
+        print(f"\nbest: {best.backbone} / {best.strategy}  validation {metric} {best.best_metric:.4f}{interval}  "
+              f"test {metric} {result.test_metrics[metric]:.4f}")
     print(f"config: {best.config}")
     print(f"model:  {result.best_dir}")
     print(f"report: {result.report}")

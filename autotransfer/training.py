@@ -379,6 +379,9 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
                 loss_n = 0
                 checkpoints.evaluation(model, last, preds, step, phase, optimizer, scaler)
                 t0 = time.perf_counter()
+        # the steps since the epoch's last evaluation count too (rounds stretched past an epoch: samples_per_s
+        # was several times too high when the time of an epoch's tail was dropped here)
+        train_time += time.perf_counter() - t0
     return last
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -53,7 +54,11 @@ def test_search_then_predict_from_the_command_line(tmp_path, sentiment_dir, tiny
                 "--strategies", "linear_probe,full", "--num-samples", "3", "--max-epochs", "2", "--output", out,
                 "--no-dashboard")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "best:" in proc.stdout and "report:" in proc.stdout
+    assert "report:" in proc.stdout
+    soup = json.loads((out / "results.json").read_text()).get("soup") or {}
+    # the summary names what was exported: the best trial, or the soup and then the trial it started from
+    assert ("exported: a soup of" in proc.stdout and "best trial:" in proc.stdout) if soup.get("exported") else \
+        "best:" in proc.stdout
     assert "[3/3]" in proc.stderr  # progress lines when not on a terminal
     new = tmp_path / "new.csv"
     new.write_text("text\nsuperb wonderful film\nawful dull plot\n")
