@@ -18,7 +18,6 @@ import json
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -87,10 +86,6 @@ def search(settings: Optional[SearchSettings] = None, *, console: Optional[Conso
     elif kwargs:
         raise TypeError("pass either a SearchSettings or keyword arguments, not both")
     return _Search(settings, console or Console(stderr=True)).run()
-
-
-def _fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def check_output(settings: SearchSettings) -> None:
@@ -174,99 +169,6 @@ class _Search:
         info = refit(best.config, ctx, epochs, out / "refit.partial",
                      threads=ctx.threads if remote else local_cpu_count())
         return dataclasses.replace(best, checkpoint=str(out / "refit.partial")), {"refit": info}
-
-    def _prerank(self, space: SearchSpace, backbones: dict[str, BackboneInfo], prepared: dict[str, Any],
-                 label_names: list[str]) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
-        """The backbones' frozen features, computed once for the head-fitting strategies (autotransfer.features),
-        and their LogME / k-NN scores (autotransfer.prerank): the backbones ordered by LogME (the recipes and warm
-        starts follow that order), only the best ``--prerank`` K kept.  Skipped when no strategy fits a head on
-        features and no pre-rank was asked for."""
-        from autotransfer.strategies import get_strategy
-
-        s = self.s
-        fitting = [n for n in space.strategies if get_strategy(n).fits_head_on_features
-                   or get_strategy(n).fits_head_first]
-        if not fitting and not s.prerank:
-            return {}, None
-        from autotransfer.backbones import display_name
-        from autotransfer.features import cache_features
-        from autotransfer.prerank import ranked, score_backbones, to_dict
-
-        started = time.perf_counter()
-        found, left = cache_features(self.task, backbones, prepared, label_names, s.seed, s.trust_remote_code,
-                                     s.precision, s.gpus_per_trial > 0)
-        for line in left:
-            self.log(f"frozen features not cached for {line}: its trials compute their own")
-        if not found:
-            if s.prerank:
-                self.log("--prerank: no backbone's features could be computed; searching all backbones")
-            return {}, None
-        scores = score_backbones({n: (f.x, f.y) for n, f in found.items()}, seed=s.seed)
-        order = ranked(scores) + [n for n in space.backbones if n not in scores]
-        kept = order[:s.prerank] if s.prerank else order
-        seconds = time.perf_counter() - started
-        self.log(f"frozen features of {len(found)} backbone(s) computed once ({seconds:.1f}s, "
-                 f"{sum(f.nbytes for f in found.values()) / 2**20:.1f} MiB), shared by the trials that fit a head "
-                 f"on them; pre-rank (LogME / k-NN accuracy): " + "; ".join(
-                     f"{display_name(n)} {scores[n].logme:.3f} / {_fmt(scores[n].knn_accuracy)}"
-                     for n in order if n in scores)
-                 + (f"; searching the best {len(kept)}: {', '.join(map(display_name, kept))}"
-                    if len(kept) < len(order) else ""))
-        prerank = {"scores": to_dict(scores), "order": order, "kept": kept, "asked": s.prerank,
-                   "features_seconds": {n: round(f.seconds, 2) for n, f in found.items()}, "seconds": round(seconds, 2)}
-        return {n: f for n, f in found.items() if n in kept}, prerank
-
-    def _prerank_held(self, prerank: dict[str, Any], records: list[TrialRecord]) -> None:
-        """How well the pre-rank predicted the search: Spearman between each backbone's score and its best
-        validation metric (into ``prerank``, and one line)."""
-        from autotransfer.prerank import spearman
-
-        best: dict[str, float] = {}
-        for r in records:
-            if r.ok and r.best_metric is not None:
-                best[r.backbone] = max(best.get(r.backbone, float("-inf")), r.best_metric)
-        scores = prerank["scores"]
-        prerank["best_validation"] = best
-        for key in ("logme", "knn_accuracy"):
-            prerank[f"spearman_{key}"] = spearman({n: v[key] for n, v in scores.items() if v[key] is not None}, best)
-        rho = prerank["spearman_logme"]
-        top = max(best, key=best.get) if best else None
-        self.log(f"pre-rank vs the search: the best backbone was LogME's #{prerank['order'].index(top) + 1} "
-                 f"of {len(prerank['order'])}" if top in prerank["order"] else
-                 "pre-rank vs the search: no backbone finished")
-        if rho is not None:
-            self.log(f"  Spearman(LogME, best validation {self.s.metric}) over {len(best)} backbones: {rho:+.2f}")
-
-    def _soup(self, best: TrialRecord, records: list[TrialRecord], ctx: Any) -> Optional[Any]:
-        """The greedy model soup of the best trial and the other finished trials of its backbone, or None
-        when there is no other such trial."""
-        from autotransfer.backbones import display_name
-        from autotransfer.export import rebuild
-        from autotransfer.soup import greedy_soup
-        from autotransfer.training import autocast_dtype, device_for, evaluate
-
-        others = [r for r in records if r.ok and r.checkpoint and r is not best and r.backbone == best.backbone]
-        if not others:
-            return None
-        by_id = {r.trial_id: r for r in (best, *others)}
-        device = device_for(ctx.use_gpu)
-        dtype = autocast_dtype(ctx.precision, device)
-        prepared = ctx.prepared[best.backbone]
-
-        def score(model: Any) -> float:
-            return evaluate(model, self.task, prepared, "validation", 64, device, dtype)[0][self.s.metric]
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside peft/transformers
-            soup = greedy_soup(best.trial_id, [r.trial_id for r in others],
-                               lambda t: rebuild(by_id[t], ctx).to(device), score)
-        kept = len(soup.ingredients) - 1
-        self.log(f"model soup: {kept} of {len(others)} other {display_name(best.backbone)} trial(s) averaged in; "
-                 + (f"validation {self.s.metric} {soup.validation_metric:.4f} vs {soup.best_single:.4f} for the best "
-                    "trial alone: exporting the soup" if soup.wins else
-                    "no average beat the best trial on validation: exporting the best trial")
-                 + " (--no-soup to skip)")
-        return soup
 
     def __init__(self, settings: SearchSettings, console: Console):
         self.s, self.console = settings, console
@@ -367,7 +269,9 @@ class _Search:
         budget = derive_budget(self.task.num_examples(first, "train"), space.max_batch_size(), s.max_epochs,
                                s.evals_per_epoch, s.grace_iterations, s.min_steps)
         self.log(budget.describe())
-        features, prerank = self._prerank(space, backbones, prepared, splits.label_names)
+        from autotransfer.prerank import prerank_backbones
+
+        features, prerank = prerank_backbones(self.task, space, backbones, prepared, splits.label_names, s, self.log)
         if prerank:
             space = space.restrict(prerank["kept"])
             backbones = {n: backbones[n] for n in prerank["kept"]}
@@ -453,7 +357,9 @@ class _Search:
 
         self._uncertainty(records, best, ctx)
         if prerank:
-            self._prerank_held(prerank, records)
+            from autotransfer.prerank import report_held
+
+            report_held(prerank, records, s.metric, self.log)
         best_dir = out / "best"
         exported, notes, model = best, None, None
         if s.refit:
@@ -462,7 +368,9 @@ class _Search:
             notes["refit"]["selected_trial_test_metrics"] = test_metrics(best, ctx)
             meta.refit = notes["refit"]
         elif s.soup:
-            soup = self._soup(best, records, ctx)
+            from autotransfer.soup import soup_of_trials
+
+            soup = soup_of_trials(self.task, best, records, ctx, s.metric, self.log)
             if soup is not None:
                 meta.soup = soup.to_dict()
                 if soup.wins:

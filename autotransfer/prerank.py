@@ -26,9 +26,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from autotransfer.results import TrialRecord
+    from autotransfer.settings import SearchSettings
+    from autotransfer.space import SearchSpace
+    from autotransfer.tasks import BackboneInfo, Task
 
 
 @dataclass
@@ -133,3 +139,66 @@ def spearman(predicted: Mapping[str, float], actual: Mapping[str, float]) -> Opt
 
 def to_dict(scores: Mapping[str, BackboneScore]) -> dict[str, dict]:
     return {n: asdict(s) for n, s in scores.items()}
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def prerank_backbones(task: "Task", space: "SearchSpace", backbones: Mapping[str, "BackboneInfo"],
+                      prepared: Mapping[str, Any], label_names: list[str], settings: "SearchSettings",
+                      log: Callable[[str], None]) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """The search's step before any trial: each backbone's frozen features, computed once for the head-fitting
+    strategies (:mod:`autotransfer.features`), and their LogME / k-NN scores.  Returns (backbone -> features,
+    the pre-rank record: scores, LogME order -- the recipes and warm starts follow it -- and the ``--prerank`` K
+    kept), or ({}, None) when no strategy fits a head on features and no pre-rank was asked for."""
+    from autotransfer.backbones import display_name
+    from autotransfer.features import cache_features
+    from autotransfer.strategies import get_strategy
+
+    s = settings
+    fitting = [n for n in space.strategies if get_strategy(n).fits_head_on_features or get_strategy(n).fits_head_first]
+    if not fitting and not s.prerank:
+        return {}, None
+    started = time.perf_counter()
+    found, left = cache_features(task, backbones, prepared, label_names, s.seed, s.trust_remote_code, s.precision,
+                                 s.gpus_per_trial > 0)
+    for line in left:
+        log(f"frozen features not cached for {line}: its trials compute their own")
+    if not found:
+        if s.prerank:
+            log("--prerank: no backbone's features could be computed; searching all backbones")
+        return {}, None
+    scores = score_backbones({n: (f.x, f.y) for n, f in found.items()}, seed=s.seed)
+    order = ranked(scores) + [n for n in space.backbones if n not in scores]
+    kept = order[:s.prerank] if s.prerank else order
+    seconds = time.perf_counter() - started
+    log(f"frozen features of {len(found)} backbone(s) computed once ({seconds:.1f}s, "
+        f"{sum(f.nbytes for f in found.values()) / 2**20:.1f} MiB), shared by the trials that fit a head on them; "
+        "pre-rank (LogME / k-NN accuracy): " + "; ".join(
+            f"{display_name(n)} {scores[n].logme:.3f} / {_fmt(scores[n].knn_accuracy)}" for n in order if n in scores)
+        + (f"; searching the best {len(kept)}: {', '.join(map(display_name, kept))}" if len(kept) < len(order) else ""))
+    record = {"scores": to_dict(scores), "order": order, "kept": kept, "asked": s.prerank,
+              "features_seconds": {n: round(f.seconds, 2) for n, f in found.items()}, "seconds": round(seconds, 2)}
+    return {n: f for n, f in found.items() if n in kept}, record
+
+
+def report_held(prerank: dict[str, Any], records: list["TrialRecord"], metric: str,
+                log: Callable[[str], None]) -> None:
+    """How well the pre-rank predicted the search: each backbone's best validation metric and the Spearman
+    correlation with its scores, into ``prerank``; one line (two with 3+ backbones)."""
+    best: dict[str, float] = {}
+    for r in records:
+        if r.ok and r.best_metric is not None:
+            best[r.backbone] = max(best.get(r.backbone, float("-inf")), r.best_metric)
+    scores = prerank["scores"]
+    prerank["best_validation"] = best
+    for key in ("logme", "knn_accuracy"):
+        prerank[f"spearman_{key}"] = spearman({n: v[key] for n, v in scores.items() if v[key] is not None}, best)
+    top = max(best, key=best.__getitem__) if best else None
+    log(f"pre-rank vs the search: the best backbone was LogME's #{prerank['order'].index(top) + 1} of "
+        f"{len(prerank['order'])}" if top in prerank["order"] else "pre-rank vs the search: no backbone finished")
+    rho = prerank["spearman_logme"]
+    if rho is not None:
+        log(f"  Spearman(LogME, best validation {metric}) over {len(best)} backbones: {rho:+.2f}")
+

@@ -20,10 +20,16 @@ AutoGluon averages checkpoints inside one trial; this averages across trials.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from autotransfer.results import TrialRecord
+    from autotransfer.tasks import Task
+    from autotransfer.training import TrialContext
 
 State = dict[str, torch.Tensor]
 
@@ -105,3 +111,37 @@ def greedy_soup(best_id: str, candidates: Iterable[str], build: Callable[[str], 
     load_average(model, total, len(soup.ingredients))  # the soup, or the best trial's own weights
     soup.model = model
     return soup
+
+
+def soup_of_trials(task: "Task", best: "TrialRecord", records: list["TrialRecord"], ctx: "TrialContext",
+                   metric: str, log: Callable[[str], None]) -> Optional[Soup]:
+    """The search's step after the trials: the greedy soup of ``best`` and the other finished trials of its
+    backbone (best validation score first), rebuilt from their checkpoints and scored on validation; None when
+    no other trial of that backbone finished."""
+    from autotransfer.backbones import display_name
+    from autotransfer.export import rebuild
+    from autotransfer.training import autocast_dtype, device_for, evaluate
+
+    others = [r for r in records if r.ok and r.checkpoint and r is not best and r.backbone == best.backbone]
+    if not others:
+        return None
+    by_id = {r.trial_id: r for r in (best, *others)}
+    device = device_for(ctx.use_gpu)
+    dtype = autocast_dtype(ctx.precision, device)
+    prepared = ctx.prepared[best.backbone]
+
+    def score(model: nn.Module) -> float:
+        return evaluate(model, task, prepared, "validation", 64, device, dtype)[0][metric]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside peft/transformers
+        soup = greedy_soup(best.trial_id, [r.trial_id for r in others], lambda t: rebuild(by_id[t], ctx).to(device),
+                           score)
+    kept = len(soup.ingredients) - 1
+    log(f"model soup: {kept} of {len(others)} other {display_name(best.backbone)} trial(s) averaged in; "
+        + (f"validation {metric} {soup.validation_metric:.4f} vs {soup.best_single:.4f} for the best trial alone: "
+           "exporting the soup" if soup.wins else "no average beat the best trial on validation: exporting the best "
+                                                  "trial")
+        + " (--no-soup to skip)")
+    return soup
+
