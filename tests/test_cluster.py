@@ -74,7 +74,9 @@ def ray_cluster(tmp_path):
     logs = tmp_path / "ray-logs"
     logs.mkdir()
     head = subprocess.Popen(
-        [*RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+        # --node-ip-address: all test traffic on loopback (Ray otherwise picks the machine's network address)
+        [*RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+         "--num-gpus=0",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
          "--disable-usage-stats"],
@@ -88,7 +90,8 @@ def ray_cluster(tmp_path):
             assert head.poll() is None, (logs / "head.log").read_text()[-3000:]
             time.sleep(1)
         worker = subprocess.Popen(
-            [*RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--num-gpus=0",
+            [*RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+             "--num-gpus=0",
              f"--dashboard-agent-listen-port={_free_port()}"],
             env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         cluster.worker = worker
