@@ -5,6 +5,7 @@ Each row builds its input in a temporary folder and runs ``autotransfer search``
 
 from __future__ import annotations
 
+import sys
 
 import pytest
 
@@ -171,13 +172,26 @@ def spaces(tiny_space, tiny_image_space, tiny_token_space):
     return {"text": tiny_space, "image": tiny_image_space, "token": tiny_token_space}
 
 
+def _ray_up() -> bool:
+    """Whether this process holds a Ray connection (without importing Ray when nothing did)."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, tmp_path, spaces, capsys):
     needle = case[-1]
     out = tmp_path / "run"
     argv = command(case, tmp_path, spaces)
     before = sorted(p.name for p in tmp_path.iterdir())
-    code = main(argv)
+    ray_was_up = _ray_up()
+    try:
+        code = main(argv)
+    finally:
+        if not ray_was_up and _ray_up():  # a case that got as far as starting Ray: later tests must not find it
+            import ray
+
+            ray.shutdown()
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1] if err else ""
     assert code == 2, err[-2000:]
@@ -192,7 +206,6 @@ def test_bad_input_is_answered_before_torch_transformers_or_ray_load(tmp_path, s
     heavy libraries (what made each error take 10-20 s before)."""
     import json
     import subprocess
-    import sys
 
     runs = []
     for case in CASES:
