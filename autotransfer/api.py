@@ -373,8 +373,8 @@ class _Search:
             soup = soup_of_trials(self.task, best, records, ctx, s.metric, self.log)
             if soup is not None:
                 meta.soup = soup.to_dict()
+                model = soup.model  # the soup, or the best trial's own weights: no second rebuild for the export
                 if soup.wins:
-                    model = soup.model
                     exported = dataclasses.replace(best, best_metric=soup.validation_metric)
                     # for the record, as beside a refit model: the soup was chosen on validation before this line
                     meta.soup["selected_trial_test_metrics"] = test_metrics(best, ctx)

@@ -51,8 +51,7 @@ def load_study(run_dir: Path | str) -> optuna.Study:
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
 
-def outcome(result: Optional[dict[str, Any]], error: bool, metric: str, best: Optional[float],
-            ) -> tuple[TrialState, Optional[float]]:
+def outcome(result: Optional[dict[str, Any]], error: bool, best: Optional[float]) -> tuple[TrialState, Optional[float]]:
     """How Optuna should record a trial that ended with ``result`` (its last report), and with which value."""
     failed = error or not result or bool(result.get(TRIAL_ERROR))
     if failed or best is None:
@@ -90,6 +89,6 @@ class FidelitySearch(OptunaSearch):
             # Ray Tune hands the result that ends a trial (its last round, or the one ASHA stopped it at)
             # to on_trial_complete only: it is an intermediate value like the others
             self.on_trial_result(trial_id, result)
-        state, value = outcome(result, error, self.metric, self._best.get(trial_id))
+        state, value = outcome(result, error, self._best.get(trial_id))
         self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         self._completed_trials.add(trial_id)

@@ -218,12 +218,20 @@ def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size
     metrics = objective.score(y_true, y_pred)
     metrics["loss"] = loss_sum / max(1, terms)
     # evaluation batches may be length-sorted: put predictions back in split order
-    order = getattr(loader, "batch_sampler", None)
-    if isinstance(order, list):
+    order = _yield_order(loader)
+    if order is not None:
         in_order = np.empty_like(y_pred)
-        in_order[np.concatenate([np.asarray(b, dtype=np.int64) for b in order])] = y_pred
+        in_order[order] = y_pred
         y_pred = in_order
     return metrics, y_pred
+
+
+def _yield_order(loader: Any) -> Optional[np.ndarray]:
+    """The split positions in the order an evaluation loader yields them; None when that is split order."""
+    order = getattr(loader, "batch_sampler", None)
+    if isinstance(order, list):
+        return np.concatenate([np.asarray(b, dtype=np.int64) for b in order])
+    return None
 
 
 def train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter,
@@ -388,11 +396,8 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
 def loader_order(task: Task, prepared: Any, split: str, batch_size: int) -> np.ndarray:
     """The split positions of an evaluation loader's examples, in the order it yields them (text sorts by
     length)."""
-    loader = task.batches(prepared, split, batch_size, train=False)
-    order = getattr(loader, "batch_sampler", None)
-    if isinstance(order, list):
-        return np.concatenate([np.asarray(b, dtype=np.int64) for b in order])
-    return np.arange(task.num_examples(prepared, split), dtype=np.int64)
+    order = _yield_order(task.batches(prepared, split, batch_size, train=False))
+    return order if order is not None else np.arange(task.num_examples(prepared, split), dtype=np.int64)
 
 
 def evaluate_features(classifier: nn.Module, task: Task, x: np.ndarray, y: np.ndarray,

@@ -148,12 +148,14 @@ def _truncate(rows: list[list[int]], max_len: int, prefix: int, suffix: int) -> 
 def _reinitialize(model: nn.Module, names: set[str]) -> None:
     """Fresh weights for the modules owning ``names`` (a dropped task head), drawn as transformers initialises a
     new classifier: linear weights from N(0, initializer_range), biases 0, norms 1 and 0."""
+    from transformers.pytorch_utils import Conv1D
+
     std = float(getattr(model.config, "initializer_range", 0.02))
     owners = {n.rsplit(".", 1)[0] for n in names if "." in n}
     with torch.no_grad():
         for owner in sorted(owners):
             module = model.get_submodule(owner)
-            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            if isinstance(module, (nn.Linear, Conv1D)):
                 module.weight.normal_(0.0, std)
                 if module.bias is not None:
                     module.bias.zero_()
