@@ -173,6 +173,23 @@ class _Search:
     def __init__(self, settings: SearchSettings, console: Console):
         self.s, self.console = settings, console
         self.spec = task_spec(settings.task)
+        self.source_splits: Any = None  # --source-data, read and checked with the rest of the input
+
+    def _source_stage(self, space: SearchSpace, backbones: dict[str, BackboneInfo]
+                      ) -> tuple[SearchSpace, dict[str, BackboneInfo], list[Any]]:
+        """With ``--source-data``: each backbone fine-tuned on the source data first; the space gets
+        ``<backbone>+source`` beside each backbone."""
+        if self.source_splits is None:
+            return space, backbones, []
+        from autotransfer.source_stage import run_source_stage, source_backbones, with_source
+
+        src = self.source_splits
+        self.log(f"source data: {len(src.train)} train / {len(src.validation)} validation / {len(src.test)} test "
+                 f"examples, {src.num_labels} {self.task.objective.noun} ({self.s.source_data})")
+        results = run_source_stage(self.task, backbones, src, self.s, self.log)
+        space = with_source(space, results)
+        found = {**backbones, **source_backbones(self.task, results, self.s)}
+        return space, {n: found[n] for n in space.backbones}, results
 
     @functools.cached_property
     def task(self) -> Task:
@@ -200,6 +217,10 @@ class _Search:
         if space.task and space.task != s.task:
             raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")
         splits = self.spec.load_data(s)
+        if s.source_data is not None:
+            from autotransfer.source_stage import load_source
+
+            self.source_splits = load_source(s)
         backbones = self._describe(space)
         for name, bb in backbones.items():
             tuned = bb.details.get("fine_tuned")
@@ -252,6 +273,7 @@ class _Search:
         s = self.s
         t_start = time.perf_counter()
         space, splits, backbones = self.validate()  # before the engine's imports: bad input is answered at once
+        space, backbones, sourced = self._source_stage(space, backbones)
         from autotransfer.cluster import concurrency
         from autotransfer.export import export_best, test_metrics
         from autotransfer.live import LiveLeaderboard
@@ -319,6 +341,9 @@ class _Search:
                     "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed,
                     "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes})},
             budget=budget.to_dict(), prerank=prerank,
+            source_stage={"data": str(s.source_data), "options": s.source_options,
+                          "recipe": self.task.recipes()[0].name, "stages": [r.to_dict() for r in sourced]}
+            if sourced else None,
             backbones={n: {"source": b.source, "num_layers": b.num_layers, **b.details} for n, b in backbones.items()},
         )
         writer = ReportWriter(out, s.metric, meta, time.time())
@@ -356,6 +381,11 @@ class _Search:
             raise SearchFailed(f"every trial failed ({len(records)}); first reason: {reasons[0]}")
 
         self._uncertainty(records, best, ctx)
+        if sourced:
+            from autotransfer.source_stage import compare, describe_comparison
+
+            meta.source_stage["comparison"] = compare(sourced, records)  # type: ignore[index]
+            self.log(describe_comparison(meta.source_stage["comparison"], s.metric))  # type: ignore[index]
         if prerank:
             from autotransfer.prerank import report_held
 

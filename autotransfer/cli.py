@@ -47,6 +47,8 @@ The best model lands in <output>/best: transformers.pipeline("text-classificatio
 
 #: argparse keeps the tasks' options apart from the engine's under this prefix
 OPTION_PREFIX = "task_option:"
+#: ... and the same options for the source data (``--source-text-col``) under this one
+SOURCE_PREFIX = "source_option:"
 
 
 def task_options(argv: Sequence[str] = ()) -> dict[TaskOption, list[str]]:
@@ -90,6 +92,16 @@ def _add_search(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
                         "validation holds 300 examples)")
     d.add_argument("--test-frac", type=float, default=0.1, help="test share when no test file")
     d.add_argument("--max-length", type=int, help="token limit (default: 99th percentile of the data)")
+    src = p.add_argument_group("source task (sequential transfer)")
+    src.add_argument("--source-data", type=Path, metavar="PATH",
+                     help="text-cls: a related labelled data set (e.g. NLI pairs); each backbone is fine-tuned on it "
+                          "first with the task's recipe, and the search chooses between <backbone> and "
+                          "<backbone>+source")
+    for option, tasks in task_options(argv).items():
+        if not any(task_spec(t).sequential for t in tasks):
+            continue
+        src.add_argument("--source-" + option.flag[2:], dest=SOURCE_PREFIX + option.name, metavar="COLUMN",
+                         help=f"--source-data's {option.help.split(' (')[0].split(',')[0]}")
     e = p.add_argument_group("search engine")
     e.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
     e.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources hold)")
@@ -194,9 +206,10 @@ def _cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from autotransfer.api import resume, search
     from autotransfer.settings import SearchSettings
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "debug") and not k.startswith(OPTION_PREFIX)}
-    fields["options"] = {k[len(OPTION_PREFIX):]: v for k, v in vars(args).items()
-                         if k.startswith(OPTION_PREFIX) and v is not None}
+    fields = {k: v for k, v in vars(args).items()
+              if k not in ("command", "debug") and not k.startswith((OPTION_PREFIX, SOURCE_PREFIX))}
+    for prefix, name in ((OPTION_PREFIX, "options"), (SOURCE_PREFIX, "source_options")):
+        fields[name] = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
     if args.resume:
         if args.output is None:
             raise UserError("--resume needs --output pointing at the run to continue")

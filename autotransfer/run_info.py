@@ -43,11 +43,14 @@ class RunInfo:
     soup: Optional[dict[str, Any]] = None
     #: the backbones' LogME / k-NN scores before the search, and how well they predicted its ranking
     prerank: Optional[dict[str, Any]] = None
+    #: the source stage (``--source-data``): each backbone's source result, and per backbone the best target
+    #: validation metric with and without it
+    source_stage: Optional[dict[str, Any]] = None
     #: the exported model's test metrics and the task's detailed test results
     test: Optional[dict[str, Any]] = None
     best_trial: Optional[str] = None
 
-    _OPTIONAL = ("live", "refit", "soup", "prerank", "test", "best_trial", "backbones")
+    _OPTIONAL = ("live", "refit", "soup", "prerank", "source_stage", "test", "best_trial", "backbones")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` layout; outcome fields that were never set are left out."""

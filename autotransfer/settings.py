@@ -67,6 +67,11 @@ class SearchSettings:
     val_frac: Optional[float] = None
     test_frac: float = 0.1
     max_length: Optional[int] = None
+    #: a source task's data: each backbone is fine-tuned on it first, and the search chooses between
+    #: ``<backbone>`` and ``<backbone>+source`` (:mod:`autotransfer.source_stage`)
+    source_data: Optional[Path] = None
+    #: the task's data options for the source data (``{"text_pair_col": "hypothesis"}``; ``--source-text-pair-col``)
+    source_options: dict[str, Any] = field(default_factory=dict)
     # search engine
     num_samples: int = 8
     max_concurrent: Optional[int] = None
@@ -149,6 +154,31 @@ class SearchSettings:
             raise UserError("--val-frac plus --test-frac must leave at least 10% of the data for training")
         if self.max_length is not None and self.max_length < 4:
             raise UserError(f"--max-length: must be at least 4, got {self.max_length}")
+        self._check_source()
+
+    def _check_source(self) -> None:
+        from autotransfer.tasks import task_spec
+
+        self.source_options = {k: v for k, v in dict(self.source_options or {}).items() if v is not None}
+        if self.source_data is None:
+            if self.source_options:
+                raise UserError(f"--source-{next(iter(self.source_options)).replace('_', '-')}: only with --source-data")
+            return
+        spec = task_spec(self.task)
+        if not spec.sequential:
+            raise UserError(f"--source-data: {self.task} has no source stage (text-cls has)")
+        self.source_data = Path(self.source_data).expanduser().resolve()
+        if not self.source_data.exists():
+            raise UserError(f"--source-data: {self.source_data} does not exist")
+        if self.source_data == self.data:
+            raise UserError("--source-data: it is the --data itself; a source task is other, related data")
+        for name, value in self.source_options.items():
+            if spec.option(name) is None:
+                raise UserError(f"--source-{name.replace('_', '-')}: {self.task} has no such option"
+                                + (f"; its options: {', '.join('--source-' + o.flag[2:] for o in spec.options)}"
+                                   if spec.options else ""))
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(f"--source-{name.replace('_', '-')}: give a column name, got {value!r}")
 
     def _check_engine(self) -> None:
         self._positive_int("num_samples")
@@ -312,9 +342,12 @@ class SearchSettings:
         """Settings from keyword arguments as the CLI names them: the task's options (``text_col=...``)
         may sit beside the fields, as on the command line."""
         names = {f.name for f in dataclasses.fields(cls)}
+        source = {**(kwargs.pop("source_options", None) or {}),
+                  **{k[len("source_"):]: kwargs.pop(k) for k in list(kwargs)
+                     if k.startswith("source_") and k not in names}}
         options = {**(kwargs.pop("options", None) or {}),
                    **{k: kwargs.pop(k) for k in list(kwargs) if k not in names}}
-        return cls(**kwargs, options=options)
+        return cls(**kwargs, options=options, source_options=source)
 
 
 def is_uri(value: str) -> bool:

@@ -37,6 +37,13 @@ def tsv(tmp, rows, header=("sentence", "label")):
     return write_tsv(tmp / "data.tsv", rows, header)
 
 
+def source(tmp, header):
+    """A target file, and a pair source file ``source.csv`` with ``header`` beside it."""
+    rows = "".join(f"{s},{s[::-1]},{lab}\n" for s, lab in GOOD)
+    text(tmp, "source.csv", ",".join(header) + "\n" + rows)
+    return tsv(tmp, GOOD)
+
+
 def conll(tmp, sentences, **splits):
     """One CoNLL file, or a folder with a train file and the other ``splits`` given."""
     if not splits:
@@ -130,6 +137,16 @@ CASES = [
     ("unknown-task", "text", lambda t: tsv(t, GOOD), ["--task", "text-classification"],
      "unknown task 'text-classification'; choose one of text-cls, image-cls, token-cls"),
     ("negative-max-failures", "text", lambda t: tsv(t, GOOD), ["--max-failures", "-1"], "--max-failures"),
+    ("source-data-missing", "text", lambda t: tsv(t, GOOD), ["--source-data", "TMP/no-such-source.csv"],
+     "no-such-source.csv does not exist"),
+    ("source-option-without-source-data", "text", lambda t: tsv(t, GOOD), ["--source-label-col", "gold"],
+     "--source-label-col: only with --source-data"),
+    ("source-data-for-images", "image", lambda t: make_image_tree(t / "p", 4, 0), ["--source-data", "FILE"],
+     "--source-data: image-cls has no source stage (text-cls has)"),
+    ("source-without-labels", "text", lambda t: source(t, ("premise", "hypothesis", "verdict")),
+     ["--source-data", "TMP/source.csv"], "--source-data: "),
+    ("source-unknown-label-col", "text", lambda t: source(t, ("premise", "hypothesis", "label")),
+     ["--source-data", "TMP/source.csv", "--source-label-col", "gold"], "--source-label-col"),
     ("ner-tag-not-bio", "token", lambda t: conll(t, TAGGED[:5] + [[("anna", "PERSON")]] + TAGGED[5:]), [],
      "data.conll:"),
     ("ner-only-o-tags", "token", lambda t: conll(t, [[(w, "O") for w, _ in s] for s in TAGGED]), [],
@@ -155,7 +172,7 @@ def command(case, tmp, spaces) -> list[str]:
     """The ``autotransfer search`` arguments of a case, its input built in ``tmp``."""
     name, task, build, extra, needle = case
     data = build(tmp)
-    args = [a.replace("FILE", str(data)) for a in extra]
+    args = [a.replace("FILE", str(data)).replace("TMP/", f"{tmp}/") for a in extra]
     if "--space" in args:
         i = args.index("--space") + 1
         if args[i] == "IMAGE_SPACE":

@@ -33,7 +33,7 @@ _BUILTIN = {spec.name: spec for spec in (
     TaskSpec("text-cls", "autotransfer.tasks.text_cls", SingleLabel(), "autotransfer.tables:read_text_task", (
         TaskOption("text_col", "text column (default: detected: text, sentence, ...)"),
         TaskOption("text_pair_col", "second text column, for sentence pairs"),
-        _LABEL_COL)),
+        _LABEL_COL), sequential=True),
     TaskSpec("image-cls", "autotransfer.tasks.image_cls", SingleLabel(), "autotransfer.images:read_image_task", (
         TaskOption("image_col", "the image path column of a CSV (default: detected: path, image, ...)"),
         _LABEL_COL)),

@@ -45,6 +45,9 @@ class TaskSpec:
     #: (UserError on bad input); None: the implementation's ``load_data``
     reader: Optional[str] = None
     options: tuple[TaskOption, ...] = ()
+    #: an earlier fine-tuned model of this task can be a backbone (its head re-drawn), so ``--source-data`` can
+    #: run a source stage first (:mod:`autotransfer.source_stage`)
+    sequential: bool = False
 
     def load_data(self, settings: Any) -> "LabeledSplits":
         """Read and validate the data, with the implementation left unimported when there is a reader."""
