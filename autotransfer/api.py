@@ -223,6 +223,11 @@ class _Search:
             self.source_splits = load_source(s)
         backbones = self._describe(space)
         for name, bb in backbones.items():
+            gguf = bb.details.get("gguf")
+            if gguf:
+                kinds = ", ".join(f"{k} x{v}" for k, v in gguf["tensor_types"].items())
+                self.log(f"backbone {name}: GGUF file ({gguf['architecture']}, {gguf['size_mb']} MB; tensors "
+                         f"{kinds}): dequantised to float32 by transformers for training; best/ is a float model")
             tuned = bb.details.get("fine_tuned")
             if tuned:
                 run = tuned.get("run") or {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from torch import nn
 
@@ -17,6 +17,8 @@ from autotransfer.strategies.base import ModelBundle
 
 #: ``pkg:<python package>/<folder inside it>``: model weights a Python package ships (installed with pip, offline)
 PACKAGE = "pkg:"
+#: a backbone file in GGUF (quantised weights and tokenizer in one file)
+GGUF_SUFFIX = ".gguf"
 
 
 class HubUnavailable(UserError):
@@ -42,12 +44,45 @@ def package_folder(name: str) -> Path:
     return (Path(next(iter(spec.submodule_search_locations))) / inner).resolve()
 
 
+def is_gguf(source: str) -> bool:
+    """Whether a backbone is a GGUF file (llama.cpp / Ollama's format), which transformers dequantises on load."""
+    return str(source).lower().endswith(GGUF_SUFFIX)
+
+
+def pretrained(source: str) -> tuple[str, dict[str, Any]]:
+    """What transformers' ``from_pretrained`` takes for a backbone source: a hub id or folder as is; a GGUF file
+    as its folder plus ``gguf_file=`` (its weights are dequantised to float, its tokenizer read from the file)."""
+    if is_gguf(source):
+        path = Path(source)
+        return str(path.parent), {"gguf_file": path.name}
+    return source, {}
+
+
+def gguf_summary(path: Path) -> dict[str, Any]:
+    """The GGUF file's architecture and how its tensors are stored (e.g. ``{"Q4_1": 211, "F32": 61}``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"backbone {str(path)!r}: a GGUF file needs the gguf package to be read (pip install gguf)")
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    field = reader.fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field is not None else "?"
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    return {"file": path.name, "architecture": arch, "tensor_types": dict(types.most_common()),
+            "size_mb": round(path.stat().st_size / 2**20, 1)}
+
+
 def local_folder(name: str) -> Optional[Path]:
-    """The absolute folder a backbone name points at (a path, or ``pkg:`` inside a package), or None for a hub id."""
+    """The absolute folder a backbone name points at (a path, or ``pkg:`` inside a package; or a GGUF file),
+    or None for a hub id."""
     if name.startswith(PACKAGE):
         return package_folder(name)
     p = Path(name).expanduser()
-    if p.is_dir():
+    if p.is_dir() or (p.is_file() and is_gguf(name)):
         return p.resolve()
     if name.startswith(("./", "../", "/", "~")):
         return p.resolve()  # meant as a path even if missing: the caller reports it

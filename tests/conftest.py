@@ -122,6 +122,67 @@ def save_tiny_gpt2(folder: Path, texts: list[str], seed: int) -> Path:
     return folder
 
 
+def save_tiny_llama_gguf(path: Path, texts: list[str], seed: int):
+    """A 2-layer Llama-style decoder (hidden 32, random weights) with a byte-level BPE tokenizer, written as one
+    GGUF file the way llama.cpp's converter writes it (GGUF tensor names, q/k rows permuted for its rotary
+    layout, float32 tensors).  Returns the Hugging Face model it was written from, to compare against."""
+    import json
+
+    import gguf
+    import numpy as np
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, special_tokens=["<|endoftext|>"])
+    vocab = bpe.get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in json.loads(bpe._tokenizer.to_str())["model"]["merges"]]
+    eos, heads, layers = vocab["<|endoftext|>"], 2, 2
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=64,
+                         bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=False, rope_theta=10000.0)
+    model = LlamaForCausalLM(config).eval()
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(64)
+    w.add_embedding_length(32)
+    w.add_feed_forward_length(64)
+    w.add_block_count(layers)
+    w.add_head_count(heads)
+    w.add_head_count_kv(heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(32 // heads)
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t == "<|endoftext|>" else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(eos)
+    w.add_eos_token_id(eos)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
+    for name, tensor in model.state_dict().items():
+        data = tensor.float().numpy()
+        if name.endswith(("q_proj.weight", "k_proj.weight")):  # llama.cpp's rotary layout; transformers undoes it
+            data = data.reshape(heads, 2, data.shape[0] // heads // 2, *data.shape[1:]).swapaxes(1, 2).reshape(data.shape)
+        w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tmp_path_factory) -> Path:
+    """A tiny Llama-style decoder as a single GGUF file (what llama.cpp / Ollama users hold)."""
+    path = tmp_path_factory.mktemp("models") / "tiny-llama.gguf"
+    save_tiny_llama_gguf(path, [t for t, _ in make_sentences(400, 0)], seed=3)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> Path:
     """A 2-layer decoder-only GPT-2 saved as a local Hugging Face folder (its tokenizer has no pad token)."""

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from autotransfer.backbones import (HubUnavailable, blocks_by_list, find_block_list, layout, linear_leaf_names,
-                                    local_folder, offline_hint)
+from autotransfer.backbones import (HubUnavailable, blocks_by_list, find_block_list, gguf_summary, is_gguf, layout,
+                                    linear_leaf_names, local_folder, offline_hint, pretrained)
 from autotransfer.data import SPLITS, LabeledSplits, Split
 from autotransfer.errors import UserError
 from autotransfer.recipes import Recipe
@@ -35,6 +35,17 @@ from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats, Task
 
 #: the max length covers this percentile of the training texts' token counts
 LENGTH_PERCENTILE = 99.0
+
+
+def _dequantized_gguf() -> Any:
+    """transformers' GGUF loading told to unpack every weight into a dense float model (not to keep GGUF blocks
+    for its matmul kernels, which it does when the ``kernels`` package is installed); None where transformers
+    has no such option (it then always dequantises)."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return None
+    return GgufConfig(dequantize=True)
 
 
 def quiet_transformers() -> None:
@@ -190,17 +201,21 @@ class TextClassification(Task):
 
         quiet_transformers()
         folder = local_folder(name)
-        if folder is not None and not folder.is_dir():
-            raise UserError(f"backbone {name!r}: folder {folder} does not exist")
+        gguf = folder is not None and is_gguf(str(folder))
+        if folder is not None and not (folder.is_file() if gguf else folder.is_dir()):
+            raise UserError(f"backbone {name!r}: {'file' if gguf else 'folder'} {folder} does not exist")
         source = str(folder) if folder is not None else name
         trust = bool(getattr(settings, "trust_remote_code", False))
+        found: dict[str, Any] = {"gguf": gguf_summary(folder)} if gguf else {}  # type: ignore[arg-type]
+        where, extra = pretrained(source)
         try:
-            config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+            config = AutoConfig.from_pretrained(where, trust_remote_code=trust, **extra)
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust, **extra)
         except (OSError, ValueError) as exc:
             if folder is not None:
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise UserError(f"backbone {name!r}: {folder} is not a Hugging Face model folder ({first})") from None
+                what = "a GGUF file transformers can read" if gguf else "a Hugging Face model folder"
+                raise UserError(f"backbone {name!r}: {folder} is not {what} ({first})") from None
             raise HubUnavailable(offline_hint(name, exc)) from None
         # the layout is read from a weightless skeleton: no download, no memory
         with torch.device("meta"):
@@ -209,7 +224,8 @@ class TextClassification(Task):
         num_layers = len(skeleton.get_submodule(list_name)) if list_name else 0
         details: dict[str, Any] = {"model_type": getattr(config, "model_type", "?"),
                                    "max_length": _model_max_length(tokenizer, config)}
-        details.update(self._fine_tuned_from(name, folder, config))
+        details.update(found)
+        details.update(self._fine_tuned_from(name, None if gguf else folder, config))
         return BackboneInfo(name=name, source=source, num_layers=num_layers,
                             preprocessing=tokenizer_fingerprint(tokenizer), details=details)
 
@@ -249,7 +265,8 @@ class TextClassification(Task):
         out: dict[str, Any] = {}
         trust = bool(getattr(settings, "trust_remote_code", False))
         for bb in backbones:
-            tokenizer = AutoTokenizer.from_pretrained(bb.source, trust_remote_code=trust)
+            where, extra = pretrained(bb.source)
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust, **extra)
             fp = bb.preprocessing
             if fp not in lengths_of:
                 # one untruncated pass per tokenizer gives both the ids and the length statistics
@@ -325,14 +342,22 @@ class TextClassification(Task):
         quiet_transformers()
         trust = bool(settings.get("trust_remote_code", False))
         id2label = {i: name for i, name in enumerate(label_names)}
-        config = AutoConfig.from_pretrained(backbone.source, num_labels=len(label_names), id2label=id2label,
-                                            label2id={v: k for k, v in id2label.items()}, trust_remote_code=trust)
+        where, extra = pretrained(backbone.source)  # a GGUF file: its folder and gguf_file=
+        config = AutoConfig.from_pretrained(where, num_labels=len(label_names), id2label=id2label,
+                                            label2id={v: k for k, v in id2label.items()}, trust_remote_code=trust,
+                                            **extra)
         if config.pad_token_id is None and getattr(config, "eos_token_id", None) is not None:
             config.pad_token_id = config.eos_token_id
         fine_tuned = "fine_tuned" in backbone.details
+        if extra:  # a GGUF file: every weight unpacked to float at load (training needs dense float weights)
+            extra["quantization_config"] = _dequantized_gguf()
         model, info = self._auto_model().from_pretrained(
-            backbone.source, config=config, output_loading_info=True, dtype=torch.float32, trust_remote_code=trust,
-            ignore_mismatched_sizes=fine_tuned)
+            where, config=config, output_loading_info=True, dtype=torch.float32, trust_remote_code=trust,
+            ignore_mismatched_sizes=fine_tuned, **extra)
+        if extra and getattr(model, "hf_quantizer", None) is not None:
+            # its weights are plain float tensors now; transformers still marks it GGUF-quantised and would refuse
+            # to save it: a plain model, so the export is a standard float safetensors folder
+            model.hf_quantizer.remove_quantization_config(model)
         named = dict(model.named_parameters())
         fresh = set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())}
         if fine_tuned:  # an earlier task's head: everything outside the base model is built anew
@@ -403,7 +428,8 @@ class TextClassification(Task):
         from transformers import AutoTokenizer
 
         model.save_pretrained(out, safe_serialization=True)
-        tokenizer = AutoTokenizer.from_pretrained(backbone.source)
+        where, extra = pretrained(backbone.source)
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             # a decoder's tokenizer (GPT-2, Llama) has none: the one the model was trained with, so that a
             # pipeline can pad batches (the model's config carries the same id)

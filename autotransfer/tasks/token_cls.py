@@ -88,14 +88,18 @@ def word_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
     """The backbone's fast tokenizer, set up to read pre-split words (byte-level BPE needs a prefix space)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    from autotransfer.backbones import pretrained
+
+    where, extra = pretrained(source)  # a GGUF file: its folder and gguf_file=
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"backbone {source!r}: token classification needs a fast tokenizer (word ids per "
                         "sub-token); this one is a slow Python tokenizer")
     try:
         tokenizer(["a", "b"], is_split_into_words=True)
     except Exception:  # noqa: BLE001 - e.g. RoBERTa/GPT-2: "add_prefix_space=True" is needed with pretokenized input
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, add_prefix_space=True)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, add_prefix_space=True,
+                                                  **extra)
     return tokenizer
 
 
