@@ -145,6 +145,10 @@ def main() -> None:
                     help="the search's step floor (default: the CLI's); 0 = the pure-epoch budget of the figures "
                          "measured before the floor existed (a run at the default floor takes over an hour on 2 CPU "
                          "cores: full fine-tuning trials of 300-600 steps at 224 px)")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="the search without its protected recipe trials (#13): the same work as the figures "
+                         "measured before they existed")
+    ap.add_argument("--no-soup", dest="soup", action="store_false", help="the search without the model soup")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
     if not HYMENOPTERA.is_dir() or not all(b.is_dir() for b in BACKBONES):
@@ -168,7 +172,8 @@ def main() -> None:
     result = autotransfer.search(
         task="image-cls", data=data, space=REPO / "search_spaces" / "image-cls-local.yaml",
         num_samples=args.num_samples, max_epochs=args.max_epochs, seed=args.seed, dashboard=False,
-        output=tmp / "search", **({} if args.min_steps is None else {"min_steps": args.min_steps}),
+        output=tmp / "search", baseline=args.baseline, soup=args.soup,
+        **({} if args.min_steps is None else {"min_steps": args.min_steps}),
     )
     search_wall = time.perf_counter() - start
     best = result.best
@@ -184,6 +189,7 @@ def main() -> None:
                                   f"batch 4, {args.recipe_epochs} epochs, best validation weights", "runs": recipes},
         "search": {
             "num_samples": args.num_samples, "max_epochs": args.max_epochs, "min_steps": args.min_steps,
+            "baseline": args.baseline, "soup_asked": args.soup,
             "budget": json.loads((tmp / "search" / "results.json").read_text()).get("budget"),
             "soup": json.loads((tmp / "search" / "results.json").read_text()).get("soup"),
             "best": {"backbone": Path(best.backbone).name, "strategy": best.strategy, "config": best.params,

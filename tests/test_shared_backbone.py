@@ -25,5 +25,8 @@ def test_real_minilm_beats_chance_on_the_shipped_example(ray_session, tmp_path):
     )
     assert {r.strategy for r in result.records} == {"linear_probe", "lora"}
     assert result.best.backbone == str(MINILM)
-    # pretrained features carry sentiment: well above the 0.5 of a balanced coin
-    assert result.test_metrics["accuracy"] > 0.65
+    # the quality floor: pretrained features carry sentiment, so the model beats always answering the test split's
+    # most common label by a clear margin (15 points: ~5 standard errors on its 300 rows)
+    labels = [line.rsplit("\t", 1)[1] for line in (REPO / "examples" / "sst2-mini" / "test.tsv").read_text().splitlines()[1:]]
+    majority = max(labels.count(v) for v in set(labels)) / len(labels)
+    assert result.test_metrics["accuracy"] > majority + 0.15, (result.test_metrics, majority)
