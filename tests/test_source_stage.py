@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 import autotransfer
 from autotransfer.errors import UserError
 from autotransfer.settings import SearchSettings
-from autotransfer.source_stage import MARKER, SUFFIX, _finished, stage_folder
+from autotransfer.source_stage import MARKER, SUFFIX, _finished, load_source, run_source_stage, stage_folder
+from autotransfer.tasks import get_task
 from conftest import NEGATIVE, POSITIVE, make_sentences
 
 ENCODER_KEY = "bert.encoder.layer.0.attention.self.query.weight"
@@ -70,11 +71,14 @@ def test_the_search_chooses_between_a_backbone_and_its_source_stage(ray_session,
     page = (out / "leaderboard.html").read_text()
     assert "source stage" in page and ("helped" in page or "did not help" in page or "no change" in page)
 
-    # a second run into the same folder reuses the finished stage instead of training it again
+    # the stage asked again (a resume, a rerun into the same folder) is reused instead of trained again
     before = (folder / "model.safetensors").stat().st_mtime_ns
-    autotransfer.search(num_samples=1, overwrite=True, **kwargs)
-    again = json.loads((out / "results.json").read_text())["source_stage"]["stages"][0]
-    assert again["reused"] and again["validation_metric"] == stage["validation_metric"]
+    settings = SearchSettings.build(num_samples=1, overwrite=True, **kwargs)
+    said: list[str] = []
+    task = get_task("text-cls")
+    again = run_source_stage(task, {str(tiny_bert): task.describe_backbone(str(tiny_bert), settings)},
+                             load_source(settings), settings, said.append)[0]
+    assert again.reused and again.validation_metric == stage["validation_metric"] and "reused" in said[0]
     assert (folder / "model.safetensors").stat().st_mtime_ns == before
 
 
