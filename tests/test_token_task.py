@@ -135,3 +135,18 @@ def test_backbones_sharing_a_tokenizer_share_one_preparation(ner_dir, tiny_tagge
     prepared, stats = TASK.prepare(infos, splits, _S(ner_dir))
     assert (stats.distinct, stats.runs) == (1, 1)
     assert prepared[infos[0].name] is prepared[infos[1].name]
+
+
+def test_a_decoder_tags_words_too(ner_dir, tiny_gpt2):
+    """GPT-2 has a token-classification head in transformers: its byte-level BPE reads pre-split words with a
+    prefix space, and the causal tagger learns the names and places (each word's tag is in the word itself,
+    which a left-to-right model sees)."""
+    splits, info, data, _ = _prepared(ner_dir, tiny_gpt2)
+    ctx = TrialContext(task="token-cls", backbones={info.name: info}, prepared={info.name: data},
+                       label_names=splits.label_names, metric="entity_f1", max_epochs=3, evals_per_epoch=1)
+    bundle = TASK.build(info, splits.label_names, {})
+    assert type(bundle.model).__name__ == "GPT2ForTokenClassification" and bundle.num_layers == 2
+    full = []
+    train({"backbone": info.name, "strategy": "full", "lr": 5e-3, "head_lr": 5e-3, "batch_size": 16}, ctx,
+          lambda m, c: full.append(m))
+    assert full[-1]["val_loss"] < full[0]["val_loss"] and full[-1]["entity_f1"] > 0.5, full
