@@ -70,7 +70,8 @@ class Checkpointer:
         if improved:
             self.best, self.best_step = float(result[self.metric]), step
             self.best_weights = {k: v.clone() for k, v in latest.items()}  # on CPU, `latest` aliases the model
-            self.best_predictions = predictions.astype(np.int32)
+            # class ids compactly; scored boxes (detection) keep their coordinates and scores
+            self.best_predictions = predictions.astype(np.float32 if predictions.dtype.kind == "f" else np.int32)
         result["best_" + self.metric] = self.best
         assert self.best_weights is not None and self.best_predictions is not None
         with tempfile.TemporaryDirectory(prefix="autotransfer-ckpt-") as tmp:
@@ -98,7 +99,7 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 def _load_into(model: "nn.Module", path: Path) -> None:
     tensors = load_file(str(path))
-    named = dict(model.named_parameters())
+    named = model.state_dict()  # parameters and persistent buffers (BatchNorm statistics)
     missing = [k for k in tensors if k not in named]
     if missing:
         raise ValueError(f"checkpoint does not match the model (e.g. {missing[0]})")

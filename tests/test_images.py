@@ -139,3 +139,34 @@ def test_bitfit_on_a_cnn_trains_the_batchnorm_shifts_and_keeps_their_statistics_
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and not any(m.weight.requires_grad for m in convs)
 
+
+
+def test_a_checkpoint_keeps_the_batchnorm_statistics_a_trial_learned(tiny_resnet, shapes_dir, tmp_path):
+    """Full fine-tuning of a CNN updates its BatchNorm running statistics; the checkpoint holds them, so the model
+    rebuilt from it (export, soup, refit's record) scores exactly what the trial reported."""
+    from pathlib import Path
+
+    from autotransfer.training import TrialContext, build_trial_model, evaluate, load_trainable, train
+
+    info = TASK.describe_backbone(f"local-dir:{tiny_resnet}", _S())
+    splits = load_image_splits(shapes_dir)
+    prepared, _ = TASK.prepare([info], splits, _S(shapes_dir))
+    ctx = TrialContext(task="image-cls", backbones={info.name: info}, prepared=prepared,
+                       label_names=splits.label_names, max_epochs=1, evals_per_epoch=1)
+    config = {"backbone": info.name, "strategy": "full", "lr": 3e-3, "batch_size": 16, "augment": "none"}
+    kept = tmp_path / "ckpt"
+
+    def keep(metrics, checkpoint_dir):
+        kept.mkdir(exist_ok=True)
+        for p in Path(checkpoint_dir).iterdir():
+            (kept / p.name).write_bytes(p.read_bytes())
+        keep.reported = metrics
+
+    train(config, ctx, keep)
+    from safetensors.torch import load_file
+
+    assert any(k.endswith("running_mean") for k in load_file(str(kept / "trainable.safetensors")))
+    _, adapted = build_trial_model(TASK, info, splits.label_names, config)
+    load_trainable(adapted.model, kept)
+    metrics, _ = evaluate(adapted.model, TASK, prepared[info.name], "validation", 16, torch.device("cpu"))
+    assert metrics["accuracy"] == keep.reported["accuracy"] and metrics["loss"] == pytest.approx(keep.reported["val_loss"])

@@ -148,5 +148,13 @@ def freeze_all(model: nn.Module) -> None:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint must hold: trainable parameters only (frozen ones come from the backbone)."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The tensors a checkpoint must hold: the trainable parameters, and the buffers of the modules that own
+    one (a BatchNorm whose weights train also updates its running statistics in training; frozen modules, and
+    frozen BatchNorms kept in eval mode, come unchanged from the backbone)."""
+    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    for prefix, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, buffer in module.named_buffers(prefix=prefix, recurse=False):
+                if buffer is not None and name.rsplit(".", 1)[-1] not in module._non_persistent_buffers_set:
+                    state[name] = buffer.detach().cpu().contiguous()
+    return state
