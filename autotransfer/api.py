@@ -149,8 +149,8 @@ class _Search:
                 continue
         y_true = self.task.labels(ctx.prepared[best.backbone], "validation")
         score = self.task.objective.metric_function(self.s.metric)
-        for trial_id, found in intervals(y_true, predictions, best.trial_id, score,
-                                         seed=self.s.seed).items():
+        for trial_id, found in intervals(y_true, predictions, best.trial_id, score, seed=self.s.seed,
+                                         resamples=self.task.objective.resamples).items():
             r = next(r for r in records if r.trial_id == trial_id)
             r.interval, r.tied_with_best = found["interval"], found["tied"]
         tied = sum(1 for r in records if r.tied_with_best and r is not best)
@@ -216,11 +216,11 @@ class _Search:
         space = load_space(s.space).restrict(s.backbones, s.strategies)  # type: ignore[arg-type]
         if space.task and space.task != s.task:
             raise UserError(f"--space: {s.space} is a {space.task} space, but --task is {s.task}")
-        splits = self.spec.load_data(s)
-        if s.source_data is not None:
+        if s.source_data is not None:  # read first: its errors are answered before any split is carved
             from autotransfer.source_stage import load_source
 
             self.source_splits = load_source(s)
+        splits = self.spec.load_data(s)
         backbones = self._describe(space)
         for name, bb in backbones.items():
             gguf = bb.details.get("gguf")

@@ -158,15 +158,20 @@ def _add_search(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict labels with an exported model",
                        epilog="example:\n  autotransfer predict --model reports/<run>/best --data new.csv "
-                              "--output predictions.csv", formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "--output predictions.csv\n  autotransfer predict --model reports/<detection-run>/best "
+                              "--data photos/ --output detections.json --draw drawn/", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="a folder exported by `search` (<run>/best)")
     p.add_argument("--data", required=True, type=Path,
                    help="text: CSV/TSV/JSONL with a text column; images: a folder, or a CSV of image paths; "
                         "token-cls: words one per line (CoNLL) or {\"tokens\": [...]} lines, or a table of texts")
     p.add_argument("--text-col", help="text column (default: detected)")
     p.add_argument("--image-col", help="image path column of a CSV (default: detected)")
-    p.add_argument("--output", type=Path, help="where to write predictions (default: stdout as CSV)")
+    p.add_argument("--output", type=Path, help="where to write predictions: a .json file gets a JSON list (detection: "
+                                               "COCO results format), anything else CSV (default: stdout as CSV)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--draw", type=Path, metavar="DIR", help="detection: also save each image with its boxes in DIR")
+    p.add_argument("--score-threshold", type=float, default=0.05,
+                   help="detection: keep detections scoring at least this (default 0.05, as COCO evaluation)")
 
 
 def _add_resume(sub: argparse._SubParsersAction) -> None:
@@ -244,7 +249,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from autotransfer.predict import predict_rows
 
     rows = predict_rows(args.model, args.data, text_col=args.text_col, image_col=args.image_col,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, draw=args.draw, score_threshold=args.score_threshold)
+    if args.output is not None and args.output.suffix.lower() == ".json":
+        found = list(rows)
+        args.output.write_text(json.dumps(found, indent=1))
+        print(f"{len(found)} predictions written to {args.output}", file=sys.stderr)
+        return 0
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         writer = None

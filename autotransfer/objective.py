@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
+from autotransfer.detection_metrics import METRICS as DETECTION_METRICS
 from autotransfer.entities import ENTITY_METRICS
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class Objective(ABC):
     #: :meth:`feature_rows` gives one row per example, so a head fitted on features can be scored on the
     #: validation split's features without the backbone (the frozen-feature cache)
     rows_are_examples: ClassVar[bool] = True
+    #: bootstrap resamples of the validation intervals (``autotransfer.uncertainty``; fewer for a costly metric)
+    resamples: ClassVar[int] = 1000
 
     # ``labels`` is whatever the task's batches carry, on the device: a tensor, or a dict of them
     @abstractmethod
@@ -178,3 +181,49 @@ class TokenTagging(Objective):
         """Only the positions that carry a tag (each word's first sub-token)."""
         keep = labels["tags"] != IGNORE
         return features[keep.to(features.device)].float().cpu().numpy(), labels["tags"][keep].cpu().numpy()
+
+
+class BoxDetection(Objective):
+    """Boxes and their classes (object detection): the detector's own losses, COCO mAP (torchmetrics).
+
+    In training the task's forward returns the detector's loss terms (torchvision's RPN and box-head losses) as
+    one 1-D tensor, and the loss is their sum; in evaluation it returns each image's detections as a padded
+    ``(images, D, 6)`` tensor of ``[x1, y1, x2, y2, score, class]`` (class ``-1`` pads) and the batch's labels
+    are the true boxes, ``(images, M, 5)``.  Images are the examples the bootstrap resamples.  A torchvision
+    detector computes no loss in evaluation, so the validation loss it reports is 0.
+    """
+
+    noun = "classes"
+    default_metric = "map"
+    rows_are_examples = False  # no head is fitted on pooled features
+    resamples = 100  # one COCO evaluation of a validation set takes a good fraction of a second
+
+    metrics = DETECTION_METRICS
+    def loss(self, logits: "torch.Tensor", labels: Any, *, label_smoothing: float = 0.0,
+             reduction: str = "mean") -> "torch.Tensor":
+        if logits.dim() == 1:  # training: the detector's loss terms
+            return logits.sum()
+        return logits.new_zeros(())
+
+    def count(self, labels: Any) -> int:
+        return int(labels.shape[0])
+
+    def decode(self, logits: "torch.Tensor", labels: Any) -> tuple[np.ndarray, np.ndarray]:
+        return logits.float().cpu().numpy(), labels.float().cpu().numpy()
+
+    def metric_function(self, name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+        from autotransfer.detection_metrics import compute
+
+        return lambda y_true, y_pred: compute(y_true, y_pred)[name]
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+        from autotransfer.detection_metrics import compute
+
+        return compute(y_true, y_pred)
+
+    def details(self, y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+        """AP@[.5:.95] per class (COCO's, through torchmetrics)."""
+        from autotransfer.detection_metrics import compute
+
+        per = compute(y_true, y_pred, per_class=True)["ap_per_class"]
+        return {"ap_per_class": {name: per.get(i) for i, name in enumerate(label_names)}}

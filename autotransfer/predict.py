@@ -12,8 +12,10 @@ from autotransfer.tasks import get_task
 
 
 def predict_rows(model_dir: Path, data: Path, *, text_col: Optional[str] = None, image_col: Optional[str] = None,
-                 batch_size: int = 32) -> Iterator[dict[str, Any]]:
-    """Yield the input rows with ``prediction`` (label name) and ``score`` added."""
+                 batch_size: int = 32, draw: Optional[Path] = None,
+                 score_threshold: Optional[float] = None) -> Iterator[dict[str, Any]]:
+    """Yield the input rows with ``prediction`` (label name) and ``score`` added; for a detector, one COCO results
+    row per detection (``draw``: the images with their boxes saved there)."""
     model_dir, data = Path(model_dir), Path(data)
     if not model_dir.is_dir():
         raise UserError(f"--model: {model_dir} is not a folder")
@@ -23,4 +25,5 @@ def predict_rows(model_dir: Path, data: Path, *, text_col: Optional[str] = None,
     if not data.exists():
         raise UserError(f"--data: {data} does not exist")
     task = get_task(json.loads(sidecar.read_text())["task"])
-    return task.predict(model_dir, data, {"text_col": text_col, "image_col": image_col, "batch_size": batch_size})
+    return task.predict(model_dir, data, {"text_col": text_col, "image_col": image_col, "batch_size": batch_size,
+                                          "draw": draw, "score_threshold": score_threshold})

@@ -292,7 +292,8 @@ def load_space(path: Path) -> SearchSpace:
     if not isinstance(strategies_raw, dict) or not strategies_raw:
         raise UserError(f"{where}: 'strategies' must map strategy names to their parameters")
     seen: dict[str, Param] = {}
-    shared = _parse_params(raw.get("params") or {}, "params", set(TRAINING_PARAMS), where, seen)
+    shared = _parse_params(raw.get("params") or {}, "params", set(TRAINING_PARAMS) | set(_task_params(task)), where,
+                           seen)
     strategies: dict[str, dict[str, Param]] = {}
     for name, params in strategies_raw.items():
         if name not in list_strategies():
@@ -304,6 +305,14 @@ def load_space(path: Path) -> SearchSpace:
             raise UserError(f"{where}: strategies.{name}.{sorted(overlap)[0]} is also in 'params'; keep one")
     return SearchSpace(task=str(task) if task else "", backbones=backbones, strategies=strategies,
                        params=shared, path=path, description=str(raw.get("description") or ""))
+
+
+def _task_params(task: Any) -> tuple[str, ...]:
+    """The shared parameters a task adds (a detector's ``architecture``...), when the space names its task."""
+    from autotransfer.tasks import declared_spec
+
+    spec = declared_spec(str(task)) if task else None
+    return spec.params if spec is not None else ()
 
 
 def _resolve_backbone_path(name: str, base: Path) -> str:

@@ -120,7 +120,8 @@ def build_trial_model(task: Task, backbone: BackboneInfo, label_names: list[str]
                       trust_remote_code: bool = False) -> tuple[Strategy, Adapted]:
     """The classifier for one configuration, with its strategy applied."""
     strategy = get_strategy(config["strategy"])
-    bundle = task.build(backbone, label_names, {"trust_remote_code": trust_remote_code})
+    # the configuration too: a task may build by it (a detector's architecture and anchors)
+    bundle = task.build(backbone, label_names, {**config, "trust_remote_code": trust_remote_code})
     return strategy, dataclasses.replace(strategy.apply(bundle, config), bundle=bundle)
 
 

@@ -418,3 +418,45 @@ def tiny_image_space(tmp_path_factory, tiny_resnet, tiny_vit) -> Path:
             lora_r: [2, 4]
         """))
     return p
+
+
+# --------------------------------------------------------------------------- detection
+def make_box_scenes(root: Path, n: int, seed: int, name: str = "train.json", size=(96, 64)) -> Path:
+    """A COCO file of noisy scenes with one or two solid rectangles each (red = "stop", blue = "yield"), every
+    sixth scene a negative; the images in ``root/img``."""
+    import json
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n):
+        w, h = size
+        im = Image.fromarray(rng.integers(90, 166, size=(h, w, 3), dtype=np.uint8))
+        pen = ImageDraw.Draw(im)
+        for _ in range(0 if i % 6 == 5 else int(rng.integers(1, 3))):
+            cls = int(rng.integers(0, 2))
+            bw, bh = (int(v) for v in rng.integers(18, 30, size=2))
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            pen.rectangle([x, y, x + bw - 1, y + bh - 1], fill=(220, 30, 30) if cls == 0 else (30, 30, 220))
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": cls + 1,
+                                "bbox": [x, y, bw, bh], "iscrowd": 0})
+        file = f"img/{Path(name).stem}-{i}.png"
+        im.save(root / file)
+        images.append({"id": i, "file_name": file, "width": w, "height": h})
+    path = root / name
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "stop"}, {"id": 2, "name": "yield"}]}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def box_scenes(tmp_path_factory) -> Path:
+    """A detection data folder: train.json, val.json, test.json of generated scenes."""
+    root = tmp_path_factory.mktemp("boxes")
+    make_box_scenes(root, 40, 0, "train.json")
+    make_box_scenes(root, 16, 1, "val.json")
+    make_box_scenes(root, 12, 2, "test.json")
+    return root

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from autotransfer.cli import main
-from conftest import make_image_tree, make_sentences, make_tagged, write_conll, write_tsv
+from conftest import make_box_scenes, make_image_tree, make_sentences, make_tagged, write_conll, write_tsv
 
 GOOD = make_sentences(60, 9)
 TAGGED = make_tagged(40, 9)
@@ -42,6 +42,22 @@ def source(tmp, header):
     rows = "".join(f"{s},{s[::-1]},{lab}\n" for s, lab in GOOD)
     text(tmp, "source.csv", ",".join(header) + "\n" + rows)
     return tsv(tmp, GOOD)
+
+
+def scenes(tmp, boxes=True, drop=None, bad_box=False):
+    """A COCO detection file of generated scenes, spoiled as asked."""
+    import json
+
+    path = make_box_scenes(tmp / "scenes", 12, 0, "train.json")
+    doc = json.loads(path.read_text())
+    if not boxes:
+        doc["annotations"] = []
+    if bad_box:
+        doc["annotations"][0]["bbox"] = [500, 500, 10, 10]
+    path.write_text(json.dumps(doc))
+    if drop:
+        (tmp / "scenes" / drop.replace("train.json", "train")).unlink()
+    return path
 
 
 def conll(tmp, sentences, **splits):
@@ -135,7 +151,11 @@ CASES = [
     ("option-of-another-task", "text", lambda t: tsv(t, GOOD), ["--image-col", "path"],
      "--image-col: text-cls has no such option (it is image-cls's)"),
     ("unknown-task", "text", lambda t: tsv(t, GOOD), ["--task", "text-classification"],
-     "unknown task 'text-classification'; choose one of text-cls, image-cls, token-cls"),
+     "unknown task 'text-classification'; choose one of text-cls, image-cls, token-cls, detection"),
+    ("detection-no-boxes", "detection", lambda t: scenes(t, boxes=False), [], "hold no boxes at all"),
+    ("detection-missing-image", "detection", lambda t: scenes(t, drop="img/train.json-3.png"), [],
+     "does not exist"),
+    ("detection-bad-boxes", "detection", lambda t: scenes(t, bad_box=True), [], "boxes are unusable; the first:"),
     ("negative-max-failures", "text", lambda t: tsv(t, GOOD), ["--max-failures", "-1"], "--max-failures"),
     ("source-data-missing", "text", lambda t: tsv(t, GOOD), ["--source-data", "TMP/no-such-source.csv"],
      "no-such-source.csv does not exist"),
@@ -180,13 +200,16 @@ def command(case, tmp, spaces) -> list[str]:
         elif args[i].startswith("@"):
             (tmp / "space.yaml").write_text(args[i][1:])
             args[i] = str(tmp / "space.yaml")
-    return ["search", "--task", f"{task}-cls", "--data", str(data),
+    return ["search", "--task", task if task == "detection" else f"{task}-cls", "--data", str(data),
             "--space", str(spaces[task]), "--output", str(tmp / "run"), "--no-dashboard", *args]
 
 
 @pytest.fixture
 def spaces(tiny_space, tiny_image_space, tiny_token_space):
-    return {"text": tiny_space, "image": tiny_image_space, "token": tiny_token_space}
+    from autotransfer.settings import default_space_path
+
+    return {"text": tiny_space, "image": tiny_image_space, "token": tiny_token_space,
+            "detection": default_space_path("detection")}
 
 
 def _ray_up() -> bool:

@@ -1,4 +1,4 @@
-"""Tasks registered by name (``text-cls``, ``image-cls``, ``token-cls``).
+"""Tasks registered by name (``text-cls``, ``image-cls``, ``token-cls``, ``detection``).
 
 A task is a light :class:`TaskSpec` (objective, data options, data reader: what the door checks
 before any model loads) plus one implementation module holding a
@@ -18,7 +18,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from autotransfer.objective import SingleLabel, TokenTagging
+from autotransfer.objective import BoxDetection, SingleLabel, TokenTagging
 from autotransfer.tasks.spec import TaskOption, TaskSpec, resolve
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ _BUILTIN = {spec.name: spec for spec in (
         TaskOption("image_col", "the image path column of a CSV (default: detected: path, image, ...)"),
         _LABEL_COL)),
     TaskSpec("token-cls", "autotransfer.tasks.token_cls", TokenTagging(), "autotransfer.conll:read_token_task"),
+    TaskSpec("detection", "autotransfer.tasks.detection", BoxDetection(), "autotransfer.detection_data:read_detection_task",
+             params=("architecture", "anchor_scale", "hflip")),
 )}
 
 

@@ -48,6 +48,9 @@ class TaskSpec:
     #: an earlier fine-tuned model of this task can be a backbone (its head re-drawn), so ``--source-data`` can
     #: run a source stage first (:mod:`autotransfer.source_stage`)
     sequential: bool = False
+    #: shared search-space parameters this task reads besides the training ones (``params:`` in a space whose
+    #: ``task`` is this one), e.g. a detector's ``architecture``
+    params: tuple[str, ...] = ()
 
     def load_data(self, settings: Any) -> "LabeledSplits":
         """Read and validate the data, with the implementation left unimported when there is a reader."""
