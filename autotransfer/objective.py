@@ -227,3 +227,9 @@ class BoxDetection(Objective):
 
         per = compute(y_true, y_pred, per_class=True)["ap_per_class"]
         return {"ap_per_class": {name: per.get(i) for i, name in enumerate(label_names)}}
+
+    def figures(self, test: dict[str, Any], label_names: list[str]) -> list[Any]:
+        from autotransfer.report import class_ap
+
+        figure = class_ap(test)
+        return [] if figure is None else [figure]

@@ -239,6 +239,19 @@ def entity_type_scores(test: dict[str, Any]) -> Optional[go.Figure]:
     return fig
 
 
+def class_ap(test: dict[str, Any]) -> Optional[go.Figure]:
+    """The best detector's COCO AP@[.5:.95] per class on the test split (bars)."""
+    per_class = test.get("ap_per_class") if test else None
+    if not per_class:
+        return None
+    names = list(per_class)
+    fig = go.Figure([go.Bar(x=[_txt(n) for n in names], y=[max(0.0, per_class[n] or 0.0) for n in names],
+                            marker_color=PALETTE[0])])
+    fig.update_layout(title="Best model on the test split, AP@[.5:.95] per class (COCO, torchmetrics)",
+                      yaxis_title="average precision", yaxis_range=[0, 1], height=380, **_LAYOUT)
+    return fig
+
+
 # ----------------------------------------------------------------------------- page
 def _status(r: TrialRecord) -> str:
     if r.status == STOPPED:

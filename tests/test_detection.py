@@ -69,6 +69,7 @@ def test_a_detection_search_learns_the_boxes(run):
     meta = json.loads((run.output / "results.json").read_text())
     assert meta["metric"] == "map" and meta["data"]["label_names"] == ["stop", "yield"]
     assert set(meta["test"]["ap_per_class"]) == {"stop", "yield"} and "map_50" in meta["test"]["test_metrics"]
+    assert "AP@[.5:.95] per class" in (run.output / "leaderboard.html").read_text()
 
 
 @pytest.mark.e2e
