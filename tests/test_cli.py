@@ -44,7 +44,7 @@ def test_the_data_flags_are_the_tasks_declared_options(capsys):
 def test_an_unknown_task_is_one_line(capsys, tmp_path):
     assert main(["search", "--task", "ner", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["autotransfer: error: --task: unknown task 'ner'; choose one of text-cls, image-cls, token-cls"]
+    assert err == ["autotransfer: error: --task: unknown task 'ner'; choose one of text-cls, image-cls, token-cls, detection"]
 
 
 @pytest.mark.e2e
