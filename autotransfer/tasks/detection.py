@@ -192,9 +192,9 @@ class Detection(Task):
             block_of, n_blocks = {}, 0
         else:
             block_of, n_blocks = blocks_by_list(model, f"backbone.body.{blocks}")
-        targets = [n for n, m in model.named_modules() if n.startswith("backbone.body.") and
-                   isinstance(m, nn.Conv2d) and m.groups == 1 and any(p in block_of for p in
-                                                                     (f"{n}.weight",))]
+        # LoRA on the body's dense convolutions inside its blocks (depthwise ones excluded), as image-cls does
+        targets = [n for n, m in model.named_modules()
+                   if isinstance(m, nn.Conv2d) and m.groups == 1 and f"{n}.weight" in block_of]
         return layout(model, head, block_of, n_blocks, targets)
 
     # ---------------------------------------------------------------- batches
