@@ -20,9 +20,9 @@ from autotransfer.tasks import TaskOption, declared_specs, task_names, task_spec
 
 SEARCH_EXAMPLES = """\
 examples:
-  # the shipped example: SST-2 sentences with the two local MiniLM backbones
+  # the shipped example: SST-2 sentences, all-MiniLM-L6-v2 from a pip package (offline)
   autotransfer search --task text-cls --data examples/sst2-mini \\
-      --space search_spaces/text-cls-local.yaml --num-samples 8
+      --space search_spaces/text-cls-example.yaml --num-samples 8
 
   # your own CSV; backbones from the hub (or local folders)
   autotransfer search --task text-cls --data reviews.csv --text-col review --label-col stars \\
@@ -34,6 +34,12 @@ examples:
 
   # named entities: CoNLL files (token<TAB>tag, IOB2) in a train/dev/test folder, ranked on entity F1
   autotransfer search --task token-cls --data conll/ --space search_spaces/token-cls-local.yaml
+
+  # NLI first, then sentiment: each backbone fine-tuned on the source task, the search picks with or without
+  autotransfer search --task text-cls --data reviews.csv --source-data nli.csv
+
+  # traffic signs: boxes in a COCO file, torchvision detectors on local timm backbones, ranked on mAP
+  autotransfer search --task detection --data signs/coco_4class.json --space search_spaces/detection-local.yaml
 
   # only LoRA and full fine-tuning, 30 minutes at most
   autotransfer search --task text-cls --data data/ --strategies lora,full --time-budget 1800
@@ -76,7 +82,8 @@ def _add_search(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
     g.add_argument("--task", required=True, metavar="{" + ",".join(task_names()) + "}",
                    help="the task (an unknown name lists the choices)")
     g.add_argument("--data", required=True, type=Path,
-                   help="a CSV/TSV/JSONL file (token-cls: CoNLL or JSONL of tokens and tags), or a folder with "
+                   help="a CSV/TSV/JSONL file (token-cls: CoNLL or JSONL of tokens and tags; detection: a COCO "
+                        "JSON file, a Pascal VOC folder or a YOLO images/+labels/ tree), or a folder with "
                         "train/validation(dev)/test files")
     g.add_argument("--space", type=Path, help="search space YAML (default: search_spaces/<task>.yaml)")
     g.add_argument("--backbones", help="comma-separated backbones replacing the space's (hub ids or folders)")
