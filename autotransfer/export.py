@@ -62,10 +62,15 @@ def rebuild(record: TrialRecord, ctx: TrialContext) -> Any:
     """The trial's finished model: backbone + head/adapters from its checkpoint, adapters merged."""
     if record.checkpoint is None:
         raise RuntimeError(f"trial {record.trial_id} left no checkpoint to export")
+    return model_from_checkpoint(record.config, ctx, record.checkpoint)
+
+
+def model_from_checkpoint(config: dict[str, Any], ctx: TrialContext, checkpoint: str | Path) -> Any:
+    """The finished model of ``config`` (its backbone in ``ctx``) with a checkpoint's weights, adapters merged."""
     task = get_task(ctx.task)
-    strategy, adapted = build_trial_model(task, ctx.backbones[record.backbone], ctx.label_names, record.config,
+    strategy, adapted = build_trial_model(task, ctx.backbones[config["backbone"]], ctx.label_names, config,
                                           ctx.trust_remote_code)
-    with local_copy(record.checkpoint) as checkpoint_dir:  # a URI's checkpoint is downloaded first
+    with local_copy(str(checkpoint)) as checkpoint_dir:  # a URI's checkpoint is downloaded first
         load_trainable(adapted.model, checkpoint_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside peft/transformers

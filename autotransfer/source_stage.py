@@ -150,7 +150,8 @@ def _train_one(task: Task, bb: BackboneInfo, splits: LabeledSplits, settings: Se
     from autotransfer.settings import local_cpu_count
     from autotransfer.space import TRAINING_DEFAULTS
     from autotransfer.strategies import get_strategy
-    from autotransfer.training import TrialContext, TrialFailed, build_trial_model, load_trainable, train
+    from autotransfer.export import model_from_checkpoint
+    from autotransfer.training import TrialContext, TrialFailed, train
 
     recipe = task.recipes()[0]
     metric = task.objective.default_metric
@@ -185,9 +186,7 @@ def _train_one(task: Task, bb: BackboneInfo, splits: LabeledSplits, settings: Se
         last = train(config, ctx, keep)
     except TrialFailed as exc:
         raise UserError(f"--source-data: the source stage of {bb.name} failed: {exc}") from None
-    strategy, adapted = build_trial_model(task, bb, ctx.label_names, config, settings.trust_remote_code)
-    load_trainable(adapted.model, weights)
-    model = strategy.finalize(adapted.model)
+    model = model_from_checkpoint(config, ctx, weights)
     model_dir = partial / "model"
     task.export(model, bb, ctx.label_names, model_dir)
     seconds = time.perf_counter() - start

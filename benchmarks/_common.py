@@ -57,3 +57,20 @@ def provenance(packages: tuple[str, ...] = ("torch", "transformers", "timm", "ra
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git": git_state(), "machine": machine(),
             "versions": versions}
+
+
+def cli_search(args: list[str], out: Path) -> tuple[dict, dict, float]:
+    """``autotransfer search ARGS --no-dashboard --output OUT`` as a user runs it (a fresh process):
+    (its ``results.json``, the best trial's record in it, wall seconds); a failed search raises with its stderr."""
+    import json
+    import time
+
+    cmd = [sys.executable, "-m", "autotransfer.cli", "search", *args, "--no-dashboard", "--output", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"search failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    results = json.loads((out / "results.json").read_text())
+    best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
+    return results, best, wall

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import cli_search, provenance  # noqa: E402
 from robustness import make_case  # noqa: E402
 from text_cls import BACKBONES  # noqa: E402
 
@@ -40,17 +38,9 @@ def search(data: Path, out: Path, backbone: str, args: argparse.Namespace) -> di
         f'task: text-cls\nbackbones: ["{backbone}"]\nparams:\n  batch_size: [16]\nstrategies:\n'
         "  linear_probe: {C: {distribution: loguniform, low: 1.0e-2, high: 1.0e+2}}\n"
         "  lora:\n    lr: {distribution: loguniform, low: 2.0e-4, high: 3.0e-3}\n    lora_r: [8]\n")
-    cmd = [sys.executable, "-m", "autotransfer.cli", "search", "--task", "text-cls", "--data", str(data),
-           "--space", str(space), "--seed", str(args.seed), "--num-samples", str(args.num_samples),
-           "--max-epochs", "1", "--min-steps", str(args.min_steps), "--no-baseline", "--no-dashboard",
-           "--output", str(out)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"search on {backbone} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    results = json.loads((out / "results.json").read_text())
-    best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
+    results, best, wall = cli_search(["--task", "text-cls", "--data", str(data), "--space", str(space), "--seed",
+                                      str(args.seed), "--num-samples", str(args.num_samples), "--max-epochs", "1",
+                                      "--min-steps", str(args.min_steps), "--no-baseline"], out)
     return {"backbone": backbone, "test_accuracy": json.loads((out / "test_metrics.json").read_text())["accuracy"],
             "wall_s": round(wall, 1), "best_strategy": best["strategy"], "best_validation": best["best_metric"],
             "trials": [{"strategy": t["strategy"], "status": t["status"], "validation": t["best_metric"],

@@ -36,16 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, provenance  # noqa: E402
+from _common import cli_search, git_state, provenance  # noqa: E402
 from text_cls import BACKBONES, recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,17 +123,10 @@ def image_recipes(hand: Path, seed: int) -> list[dict]:
 
 def run_search(data: Path, out: Path, seed: int, refit: bool = False, task: str = "text-cls") -> dict:
     """The CLI as a user runs it (a fresh process, default budget; ``--refit`` if asked)."""
-    cmd = [sys.executable, "-m", "autotransfer.cli", "search", "--task", task, "--data", str(data),
-           "--space", str(REPO / "search_spaces" / f"{task}-local.yaml"), "--seed", str(seed),
-           "--no-dashboard", "--output", str(out)] + (["--refit"] if refit else [])
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"search failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    results = json.loads((out / "results.json").read_text())
+    results, best, wall = cli_search(["--task", task, "--data", str(data), "--space",
+                                      str(REPO / "search_spaces" / f"{task}-local.yaml"), "--seed", str(seed)]
+                                     + (["--refit"] if refit else []), out)
     test = json.loads((out / "test_metrics.json").read_text())
-    best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
     refitted = results.get("refit")
     soup = results.get("soup")
     return {"test_accuracy": test["accuracy"], "wall_s": wall,

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import cli_search, provenance  # noqa: E402
 from robustness import make_case  # noqa: E402
 from text_cls import BACKBONES  # noqa: E402
 
@@ -40,18 +38,11 @@ SNLI = REPO.parent / "shared" / "data" / "snli" / "dev.csv"
 
 def search(data: Path, out: Path, backbones: list[Path], seed: int, num_samples: int,
            source: Path | None) -> dict:
-    cmd = [sys.executable, "-m", "autotransfer.cli", "search", "--task", "text-cls", "--data", str(data),
-           "--space", str(REPO / "search_spaces" / "text-cls-local.yaml"),
-           "--backbones", ",".join(map(str, backbones)), "--seed", str(seed), "--num-samples", str(num_samples),
-           "--no-dashboard", "--output", str(out)] + (["--source-data", str(source)] if source else [])
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"search failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    results = json.loads((out / "results.json").read_text())
+    results, best, wall = cli_search(
+        ["--task", "text-cls", "--data", str(data), "--space", str(REPO / "search_spaces" / "text-cls-local.yaml"),
+         "--backbones", ",".join(map(str, backbones)), "--seed", str(seed), "--num-samples", str(num_samples)]
+        + (["--source-data", str(source)] if source else []), out)
     test = json.loads((out / "test_metrics.json").read_text())
-    best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
     return {"test_accuracy": test["accuracy"], "wall_s": round(wall, 1),
             "best": {"backbone": Path(best["backbone"]).name, "strategy": best["strategy"],
                      "validation_accuracy": best["best_metric"]},

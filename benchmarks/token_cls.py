@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import cli_search, provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONLL = REPO.parent / "shared" / "data" / "conll2003"
@@ -103,16 +102,9 @@ def recipe(backbone: Path, data: Path, out: Path, seed: int) -> dict:
 
 
 def run_search(data: Path, out: Path, seed: int, num_samples: int) -> dict:
-    cmd = [sys.executable, "-m", "autotransfer.cli", "search", "--task", "token-cls", "--data", str(data),
-           "--space", str(REPO / "search_spaces" / "token-cls-local.yaml"), "--seed", str(seed),
-           "--num-samples", str(num_samples), "--no-dashboard", "--output", str(out)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"search failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    results = json.loads((out / "results.json").read_text())
-    best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
+    results, best, wall = cli_search(["--task", "token-cls", "--data", str(data), "--space",
+                                      str(REPO / "search_spaces" / "token-cls-local.yaml"), "--seed", str(seed),
+                                      "--num-samples", str(num_samples)], out)
     return {"test": results["test"]["test_metrics"], "per_entity_type": results["test"].get("per_entity_type"),
             "wall_s": wall, "budget": results.get("budget"),
             "best": {"backbone": Path(best["backbone"]).name, "strategy": best["strategy"], "params": best["params"],

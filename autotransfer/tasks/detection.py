@@ -228,14 +228,14 @@ class Detection(Task):
     def logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         from autotransfer.detectors import forward
 
-        config = getattr(model, "autotransfer_config", None) or _config_of(model)
+        config = _config_of(model)
         return forward(model, inputs["images"], inputs.get("boxes"), config["architecture"], DETECTIONS_PER_IMAGE)
 
     # ----------------------------------------------------------------- export
     def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
         from autotransfer.detectors import save_detector
 
-        config = getattr(model, "autotransfer_config", None) or _config_of(model)
+        config = _config_of(model)
         save_detector(model, out, architecture=config["architecture"], timm_architecture=backbone.details["architecture"],
                       classes=list(label_names), image_size=backbone.details["image_size"],
                       mean=backbone.details["mean"], std=backbone.details["std"],
@@ -250,7 +250,7 @@ class Detection(Task):
 
 
 def _config_of(model: nn.Module) -> dict[str, Any]:
-    """A detector whose strategy wrapped it (peft): its configuration from the wrapped model."""
+    """The detector's architecture and anchors, set on it at build (found inside a model a strategy wrapped, peft)."""
     for m in model.modules():
         config = getattr(m, "autotransfer_config", None)
         if config is not None:
