@@ -283,8 +283,9 @@ class _Search:
         from autotransfer.export import export_best, test_metrics
         from autotransfer.live import LiveLeaderboard
         from autotransfer.report import write_report
-        from autotransfer.runner import run_tune, saved_trial_statuses, start_ray
+        from autotransfer.runner import run_tune, start_ray
         from autotransfer.training import TrialContext
+        from autotransfer.tune_state import mend_missing_checkpoints, saved_trial_statuses
 
         summary = splits.summary()
         self.log(f"data: {len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test "
@@ -327,6 +328,9 @@ class _Search:
         assert out is not None
         if s.resume:
             self.log(f"resuming the run in {out}")
+            for trial_id in mend_missing_checkpoints(s.tune_experiment):
+                self.log(f"trial {trial_id}: its last saved checkpoint was lost in the crash; it continues from "
+                         "the newer one on storage")
         else:
             self._fresh_output(out)
         ctx = TrialContext(task=s.task, backbones=backbones, prepared=prepared, label_names=splits.label_names,

@@ -11,7 +11,8 @@ A checkpoint is written at every evaluation (what ASHA, a lost worker or Ctrl-C 
 
 Only trainable tensors are saved (frozen ones come from the backbone); ``resume.pt`` holds tensors
 and plain values only and loads with ``weights_only=True``.  Ray Tune keeps the latest checkpoint of
-a trial (``num_to_keep=1``), which carries the best weights too: disk stays at one checkpoint per trial.
+a trial (``num_to_keep=1``), which carries the best weights too: disk stays at one checkpoint per trial
+(two for a moment; see :mod:`autotransfer.tune_state` for what a crash in that moment leaves).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class Checkpointer:
             np.save(folder / PREDICTIONS_FILE, self.best_predictions)
             (folder / STATE_FILE).write_text(json.dumps(
                 {"step": step, "best": self.best, "best_step": self.best_step, "phase": phase,
-                 "resumable": optimizer is not None}))
+                 "resumable": optimizer is not None, "latest_saved": optimizer is not None and not improved}))
             if optimizer is not None:
                 if not improved:
                     save_file(latest, str(folder / LATEST_FILE))
@@ -116,7 +117,9 @@ def restore_latest(model: "nn.Module", folder: str | Path) -> dict[str, Any]:
     """Put ``model`` at the checkpoint's latest evaluation (its best one, when that was the latest); returns the
     trial state.  A checkpoint without resume data (older, or a head fitted in one go) restarts from its best."""
     state = load_best(model, folder)
-    if (Path(folder) / LATEST_FILE).exists():
+    # the state says whether this evaluation wrote LATEST_FILE: Ray copies a checkpoint into an existing folder of
+    # the same name without emptying it, so a stale one may sit beside it (older checkpoints lack the key)
+    if state.get("latest_saved", (Path(folder) / LATEST_FILE).exists()):
         _load_into(model, Path(folder) / LATEST_FILE)
     if not state.get("resumable"):
         state["step"] = int(state.get("best_step", state.get("step", 0)))

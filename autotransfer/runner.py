@@ -18,6 +18,7 @@ from autotransfer.errors import UserError
 from autotransfer.settings import TUNE_DIR, SearchSettings, local_cpu_count
 from autotransfer.space import RecipePoint, SearchSpace
 from autotransfer.training import TrialContext, run_trial
+from autotransfer.tune_state import trial_dirname
 
 MODE = "max"
 
@@ -92,42 +93,6 @@ def make_sampler(name: str, seed: int, num_samples: int) -> Any:
     # constant_liar keeps parallel trials from proposing the same point
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                       n_startup_trials=min(10, max(2, num_samples // 3)))
-
-
-def saved_trial_statuses(tune_location: str) -> Optional[dict[str, str]]:
-    """Trial id -> status in Ray Tune's latest saved experiment state under ``tune_location``.
-
-    That file is what ``Tuner.restore`` resumes from: a trial it does not hold as
-    ``TERMINATED``/``ERROR`` would run again after a crash.  None when there is no
-    readable state yet (or its layout is not the one this Ray version writes).
-    """
-    import json
-
-    import pyarrow.fs
-
-    from autotransfer.storage import open_location
-
-    try:
-        fs, root = open_location(tune_location)
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-        states = sorted(i.path for i in infos
-                        if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
-        if not states:
-            return None
-        with fs.open_input_stream(states[-1]) as f:  # the session stamp in the name sorts by time
-            saved = json.loads(f.read())
-        statuses = {}
-        for trial_state, _ in saved["trial_data"]:
-            t = json.loads(trial_state)
-            statuses[str(t["trial_id"])] = str(t["status"])
-        return statuses
-    except Exception:  # noqa: BLE001 - unreadable or a different layout: the caller stops waiting for it
-        return None
-
-
-def trial_dirname(trial: Any) -> str:
-    """Short trial folder names (Ray's default embeds the whole config)."""
-    return f"trial_{trial.trial_id}"
 
 
 def first_points(settings: SearchSettings, space: SearchSpace, recipes: list[RecipePoint]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from autotransfer.export import export_best
@@ -403,3 +404,26 @@ def test_a_trial_resumed_from_its_last_checkpoint_ends_where_an_uninterrupted_on
     a, b = weights(through), weights(resumed)
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_stale_latest_file_beside_a_checkpoint_is_not_restored(tmp_path):
+    """Ray copies a checkpoint into a folder of the same name without emptying it (after a crash, a trial's next
+    checkpoint can land where an unregistered one was): the trial state says which files this evaluation wrote."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from autotransfer.checkpoints import LATEST_FILE, Checkpointer, restore_latest
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    folder = tmp_path / "checkpoint_000001"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    Checkpointer("accuracy", lambda m, d: shutil.copytree(d, folder)).evaluation(
+        model, {"accuracy": 0.9}, np.zeros(4), step=10, optimizer=optimizer)  # improved: no latest file written
+    save_file({k: torch.full_like(v, 7.0) for k, v in best.items()}, str(folder / LATEST_FILE))  # a stale one
+    fresh = torch.nn.Linear(3, 2)
+    state = restore_latest(fresh, folder)
+    assert state["step"] == 10
+    assert all(torch.equal(fresh.state_dict()[k], best[k]) for k in best)
