@@ -30,7 +30,7 @@ from autotransfer.report_writer import ReportWriter
 from autotransfer.run_info import RunInfo
 from autotransfer.results import (INTERRUPTED, TrialRecord, environment, rank, record_from_result, save_results,
                                   settle_interrupted)
-from autotransfer.settings import STUDY_FILE, TUNE_DIR, SearchSettings
+from autotransfer.settings import GALLERY_DIR, STUDY_FILE, TUNE_DIR, SearchSettings
 from autotransfer.shipping import plan_folders
 from autotransfer.storage import check_target, prune_checkpoints, upload_run
 from autotransfer.space import SearchSpace, load_space
@@ -263,7 +263,8 @@ class _Search:
 
     def _fresh_output(self, out: Path) -> None:
         if self.s.overwrite and out.is_dir():
-            for m in RUN_MARKERS + ("results.csv", "leaderboard.html", "best", "test_metrics.json", STUDY_FILE):
+            for m in RUN_MARKERS + ("results.csv", "leaderboard.html", "best", "test_metrics.json", STUDY_FILE,
+                                    GALLERY_DIR):
                 p = out / m
                 if p.is_dir():
                     shutil.rmtree(p)
@@ -281,6 +282,7 @@ class _Search:
         space, backbones, sourced = self._source_stage(space, backbones)
         from autotransfer.cluster import concurrency
         from autotransfer.export import export_best, test_metrics
+        from autotransfer.gallery import write_gallery
         from autotransfer.live import LiveLeaderboard
         from autotransfer.report import write_report
         from autotransfer.runner import run_tune, start_ray
@@ -426,6 +428,8 @@ class _Search:
             shutil.rmtree(exported.checkpoint, ignore_errors=True)  # type: ignore[arg-type]
         meta.test = tested
         meta.best_trial = best.trial_id
+        meta.gallery = write_gallery(self.task, ctx.prepared[best.backbone], best.checkpoint, ctx.label_names,
+                                     out) or None
         meta.wall_time_s = time.perf_counter() - t_start
         (out / "test_metrics.json").write_text(json.dumps(tested["test_metrics"], indent=2))
         if not s.keep_checkpoints:

@@ -97,8 +97,11 @@ def load_detection_splits(data: Path, *, val_frac: Optional[float] = None, test_
     checked = _check(raw, index, data)
     splits = {name: _as_split(images) for name, images in checked.items()}
     splits = split_missing(splits, val_frac, test_frac, seed, str(data))
+    # what predictions call each class: the COCO file's own category ids (so results evaluate against it), else
+    # the class index (VOC names its classes; YOLO's ids are the indices)
+    ids = [cid for cid, _ in categories] if fmt == "coco" else list(range(len(names)))
     return LabeledSplits(train=splits["train"], validation=splits["validation"], test=splits["test"],
-                         label_names=names, source={"format": fmt, "boxes": {
+                         label_names=names, source={"format": fmt, "category_ids": ids, "boxes": {
                              s: int((splits[s].labels >= 0).sum()) for s in SPLITS}})
 
 

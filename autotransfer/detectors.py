@@ -147,6 +147,10 @@ def forward(model: nn.Module, images: torch.Tensor, boxes: Optional[torch.Tensor
 #: the exported detector's description, beside its weights
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: the ONNX graph of the exported detector, written when the ``onnx`` package is installed (the ``onnx`` extra)
+ONNX_FILE = "model.onnx"
+#: ONNX opset of the export (torchvision's detection ops need 11 or later)
+ONNX_OPSET = 17
 
 
 def save_detector(model: nn.Module, out: Path, **config: Any) -> None:
@@ -158,10 +162,40 @@ def save_detector(model: nn.Module, out: Path, **config: Any) -> None:
     body = model.backbone.body
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE))
+    onnx = export_onnx(model, out / ONNX_FILE, config["image_size"])
     (out / CONFIG_FILE).write_text(json.dumps({
         "format": "autotransfer-detector", **config,
         "out_indices": [int(i) for i in body.feature_info.out_indices],  # the feature maps the pyramid reads
+        "onnx": onnx,
     }, indent=2))
+
+
+def export_onnx(model: nn.Module, path: Path, image_size: Sequence[int]) -> dict[str, Any]:
+    """Write the detector as ONNX with torch's TorchScript-based exporter (the one torchvision's detectors
+    support): input ``image``, one float ``(3, height, width)`` image in [0, 1] of any size; outputs ``boxes``
+    ``(N, 4)`` in that image's pixels, ``labels`` ``(N,)`` (as the torchvision model's) and ``scores`` ``(N,)``.
+    Returns what ``config.json`` records: the file, or why none was written (no ``onnx`` package, or an error)."""
+    import importlib.util
+    import warnings
+
+    if importlib.util.find_spec("onnx") is None:
+        return {"file": None, "reason": "the onnx package is not installed (pip install 'autotransfer[onnx]')"}
+    was_training = model.training
+    device = next(model.parameters()).device
+    example = torch.rand(3, *(int(v) for v in image_size), device=device)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings from inside torchvision, expected for detectors
+            torch.onnx.export(model.eval(), ([example],), str(path), opset_version=ONNX_OPSET, dynamo=False,
+                              input_names=["image"], output_names=["boxes", "labels", "scores"],
+                              dynamic_axes={"image": {1: "height", 2: "width"}})
+    except Exception as exc:  # noqa: BLE001 - the safetensors export stands; the config says why ONNX did not
+        path.unlink(missing_ok=True)
+        return {"file": None, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    finally:
+        model.train(was_training)
+    return {"file": path.name, "opset": ONNX_OPSET, "input": "image: float32 (3, height, width) in [0, 1]",
+            "outputs": ["boxes (N, 4) x1 y1 x2 y2", "labels (N,)", "scores (N,)"]}
 
 
 def load_detector(folder: str | Path) -> nn.Module:
@@ -191,8 +225,9 @@ def load_detector(folder: str | Path) -> nn.Module:
 
 def predict_images(model_dir: Path, data: Path, score_threshold: float = 0.05,
                    draw: Optional[Path] = None) -> Iterator[dict[str, Any]]:
-    """COCO results rows (``file_name``, ``category_id``, ``category``, ``bbox`` as ``[x, y, w, h]``, ``score``)
-    for every image under ``data`` (a folder, or one image); with ``draw``, each image with its boxes there."""
+    """COCO results rows (``file_name``, ``category_id``: the training file's own category id, ``category``,
+    ``bbox`` as ``[x, y, w, h]``, ``score``) for every image under ``data`` (a folder, or one image); with
+    ``draw``, each image with its boxes there."""
     from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
@@ -202,6 +237,7 @@ def predict_images(model_dir: Path, data: Path, score_threshold: float = 0.05,
     model = load_detector(model_dir)
     config = json.loads((Path(model_dir) / CONFIG_FILE).read_text())
     classes, offset = config["classes"], class_offset(config["architecture"])
+    ids = config.get("category_ids") or list(range(len(classes)))  # exports before the ids were kept: indices
     paths = [data] if data.is_file() else sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise UserError(f"--data: no images under {data}")
@@ -221,20 +257,27 @@ def predict_images(model_dir: Path, data: Path, score_threshold: float = 0.05,
             x1, y1, x2, y2 = (v / scale for v in box)  # back to the original image's pixels
             cls = int(label) - offset
             kept.append((x1, y1, x2, y2, cls, score))
-            yield {"file_name": str(path), "category_id": cls, "category": classes[cls],
+            yield {"file_name": str(path), "category_id": ids[cls], "category": classes[cls],
                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                    "score": round(float(score), 4)}
         if draw is not None:
-            _draw(image, kept, classes, Path(draw) / path.name)
+            Path(draw).mkdir(parents=True, exist_ok=True)
+            draw_boxes(image, kept, classes).save(Path(draw) / path.name)
 
 
-def _draw(image: Any, boxes: list[tuple[Any, ...]], classes: list[str], out: Path) -> None:
-    from PIL import ImageDraw
+def draw_boxes(image: Any, predicted: list[tuple[Any, ...]], classes: list[str],
+               truth: Optional[list[tuple[Any, ...]]] = None) -> Any:
+    """``image`` (PIL) with ``predicted`` boxes ``(x1, y1, x2, y2, class, score)`` in red, labelled, and the
+    ``truth`` boxes ``(x1, y1, x2, y2, class)`` in green, drawn by torchvision."""
+    from torchvision.transforms.v2 import functional as F
+    from torchvision.utils import draw_bounding_boxes
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas = image.copy()
-    pen = ImageDraw.Draw(canvas)
-    for x1, y1, x2, y2, cls, score in boxes:
-        pen.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=2)
-        pen.text((x1, max(0, y1 - 11)), f"{classes[cls]} {score:.2f}", fill=(255, 40, 40))
-    canvas.save(out)
+    pixels = F.pil_to_tensor(image.convert("RGB"))
+    if truth:
+        pixels = draw_bounding_boxes(pixels, torch.tensor([b[:4] for b in truth], dtype=torch.float32),
+                                     colors=(40, 200, 40), width=2)
+    if predicted:
+        pixels = draw_bounding_boxes(pixels, torch.tensor([b[:4] for b in predicted], dtype=torch.float32),
+                                     labels=[f"{classes[int(b[4])]} {b[5]:.2f}" for b in predicted],
+                                     colors=(255, 40, 40), width=2)
+    return F.to_pil_image(pixels)

@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 
 from autotransfer.backbones import display_name
 from autotransfer.results import FAILED, RECIPE, STOPPED, TrialRecord, short_node
+from autotransfer.settings import GALLERY_DIR
 
 REPORT_FILE = "leaderboard.html"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -316,6 +317,19 @@ def _task_figures(task: Optional[str], test: dict[str, Any], label_names: list[s
     return task_spec(task).objective.figures(test, label_names)
 
 
+def _gallery(out: Path, items: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The gallery's pictures as data URIs (the page stays one self-contained file); files gone are skipped."""
+    import base64
+
+    shown = []
+    for item in items or []:
+        path = out / str(item.get("file", ""))
+        if path.suffix == ".jpg" and path.resolve().parent == (out / GALLERY_DIR).resolve() and path.is_file():
+            shown.append({"src": "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii"),
+                          "caption": str(item.get("caption", ""))})
+    return shown
+
+
 def write_report(out: Path, records: list[TrialRecord], meta: dict[str, Any]) -> Path:
     """Render ``leaderboard.html`` into ``out`` and return its path."""
     metric = meta.get("metric", "accuracy")
@@ -343,7 +357,7 @@ def write_report(out: Path, records: list[TrialRecord], meta: dict[str, Any]) ->
                                        for s in ("completed", "stopped_early", "failed", "running")},
         wall=f"{wall:.0f} s" if isinstance(wall, (int, float)) else "in progress",
         table_html=table_html, figures=fig_html, generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-        live=bool(meta.get("live")), soup=soup,
+        live=bool(meta.get("live")), soup=soup, gallery=_gallery(out, meta.get("gallery") or []),
     )
     path = out / REPORT_FILE
     tmp = path.with_suffix(".html.tmp")

@@ -49,8 +49,10 @@ class RunInfo:
     #: the exported model's test metrics and the task's detailed test results
     test: Optional[dict[str, Any]] = None
     best_trial: Optional[str] = None
+    #: validation examples drawn with the selected trial's predictions (``autotransfer.gallery``): file and caption
+    gallery: Optional[list[dict[str, str]]] = None
 
-    _OPTIONAL = ("live", "refit", "soup", "prerank", "source_stage", "test", "best_trial", "backbones")
+    _OPTIONAL = ("live", "refit", "soup", "prerank", "source_stage", "test", "best_trial", "backbones", "gallery")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` layout; outcome fields that were never set are left out."""

@@ -26,6 +26,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TUNE_DIR = "tune"
 #: the Optuna study of a run (a journal file in the run folder; ``optuna-dashboard`` opens it)
 STUDY_FILE = "optuna_study.log"
+#: the run folder's gallery of drawn validation examples (autotransfer.gallery)
+GALLERY_DIR = "gallery"
 
 _SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 

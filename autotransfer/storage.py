@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from autotransfer.errors import UserError
-from autotransfer.settings import STUDY_FILE, TUNE_DIR, SearchSettings, is_uri
+from autotransfer.settings import GALLERY_DIR, STUDY_FILE, TUNE_DIR, SearchSettings, is_uri
 
 #: what the driver writes into a run folder besides Ray Tune's ``tune/``
 RUN_FILES = ("settings.json", "results.json", "results.csv", "leaderboard.html", "test_metrics.json", "best",
-             STUDY_FILE)
+             STUDY_FILE, GALLERY_DIR)
 #: pyarrow filesystem type names -> URI schemes
 _SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
 

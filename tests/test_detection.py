@@ -3,6 +3,7 @@ torchvision model and reproduces the winning trial's validation mAP."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def test_the_coco_metrics_are_torchmetrics_and_see_a_perfect_detector():
     assert compute(truth, perfect, per_class=True)["ap_per_class"] == {0: pytest.approx(1.0), 1: pytest.approx(1.0)}
 
 
+def test_the_gallery_draws_true_boxes_green_and_confident_predictions_red():
+    from autotransfer.tasks.detection import BoxData, BoxSplit
+
+    canvas = np.full((1, 60, 80, 3), 255, np.uint8)  # a 50 x 70 image on a 60 x 80 canvas
+    part = BoxSplit(canvas, pad_rows([np.array([[10, 10, 30, 30, 0]], np.float32)], 2, 5), ["img/a.jpg"],
+                    np.array([[50, 70]]))
+    predicted = pad_rows([np.array([[40, 20, 60, 40, 0.9, 1], [2, 40, 8, 46, 0.2, 0]], np.float32)], 100, 6)
+    [(caption, image)] = TASK.gallery(BoxData("k", (60, 80), {"validation": part}), "validation", predicted,
+                                      ["stop", "yield"], 12)
+    px = np.asarray(image)
+    assert image.size == (70, 50)  # the image, not the canvas
+    assert tuple(px[10, 20]) == (40, 200, 40)  # the true box's top edge
+    assert tuple(px[40, 50]) == (255, 40, 40)  # the confident prediction's bottom edge
+    assert tuple(px[40, 5]) == (255, 255, 255)  # a prediction scoring 0.2 is not drawn (its top edge)
+    assert caption == "a.jpg: 1 true (green), 1 predicted with score >= 0.5 (red)"
+
+
 @pytest.fixture(scope="module")
 def run(ray_session, box_scenes, tiny_resnet, tmp_path_factory):
     space = tmp_path_factory.mktemp("spaces") / "boxes.yaml"
@@ -69,7 +87,13 @@ def test_a_detection_search_learns_the_boxes(run):
     meta = json.loads((run.output / "results.json").read_text())
     assert meta["metric"] == "map" and meta["data"]["label_names"] == ["stop", "yield"]
     assert set(meta["test"]["ap_per_class"]) == {"stop", "yield"} and "map_50" in meta["test"]["test_metrics"]
-    assert "AP@[.5:.95] per class" in (run.output / "leaderboard.html").read_text()
+    page = (run.output / "leaderboard.html").read_text()
+    assert "AP@[.5:.95] per class" in page
+    # the report's gallery: validation images drawn with the selected trial's boxes, embedded in the page
+    assert len(meta["gallery"]) == min(12, meta["data"]["splits"]["validation"]["rows"])
+    assert all((run.output / g["file"]).is_file() for g in meta["gallery"])
+    assert page.count('src="data:image/jpeg;base64,') == len(meta["gallery"])
+    assert html.escape(meta["gallery"][0]["caption"]) in page
 
 
 @pytest.mark.e2e
@@ -77,6 +101,7 @@ def test_the_exported_detector_reproduces_the_winning_validation_map(run, box_sc
     best = run.best_dir
     config = json.loads((best / "config.json").read_text())
     assert config["classes"] == ["stop", "yield"] and config["architecture"] == "fasterrcnn"
+    assert config["category_ids"] == [1, 2]  # the COCO file's ids
     model = load_detector(best)
     assert type(model).__name__ == "FasterRCNN" and not model.training
     rows = list(predict_rows(best, box_scenes / "img", score_threshold=0.0, draw=tmp_path / "drawn"))
@@ -84,12 +109,28 @@ def test_the_exported_detector_reproduces_the_winning_validation_map(run, box_sc
     by_file: dict[str, list] = {}
     for r in rows:
         x, y, w, h = r["bbox"]
-        by_file.setdefault(Path(r["file_name"]).name, []).append([x, y, x + w, y + h, r["score"], r["category_id"]])
+        # COCO results rows name the classes by the training file's category ids (1 and 2 here)
+        by_file.setdefault(Path(r["file_name"]).name, []).append(
+            [x, y, x + w, y + h, r["score"], config["category_ids"].index(r["category_id"])])
     pred = pad_rows([np.asarray(by_file.get(Path(im.path).name, np.zeros((0, 6))), np.float32).reshape(-1, 6)
                      for im in truth.inputs], 100, 6)
     true = pad_rows([np.concatenate([im.boxes, im.labels[:, None]], 1) for im in truth.inputs], 4, 5)
     assert compute(true, pred)["map"] == pytest.approx(run.best.best_metric, abs=1e-3)
     assert len(list((tmp_path / "drawn").iterdir())) == len(list((box_scenes / "img").iterdir()))
+    # the same detector as ONNX (torch's exporter), run by onnxruntime on one of the images
+    import onnxruntime
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    assert config["onnx"]["file"] == "model.onnx"
+    with Image.open(truth.inputs[0].path) as im:
+        image = F.to_dtype(F.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
+    with torch.inference_mode():
+        expected = model([image])[0]
+    boxes, labels, scores = onnxruntime.InferenceSession(str(best / "model.onnx")).run(None, {"image": image.numpy()})
+    assert boxes.shape == tuple(expected["boxes"].shape) and (labels == expected["labels"].numpy()).all()
+    assert np.allclose(boxes, expected["boxes"].numpy(), atol=1e-2) and np.allclose(scores, expected["scores"].numpy(),
+                                                                                    atol=1e-3)
 
 
 @pytest.mark.parametrize("strategy, config", [("lora", {"lora_r": 4}), ("freeze", {"freeze_depth": 99})])

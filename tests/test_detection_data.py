@@ -76,6 +76,8 @@ def test_each_format_reads_the_same_boxes(fmt, tmp_path):
     assert detect_format(data) == fmt
     splits = load_detection_splits(data, seed=0)
     assert splits.label_names == CLASSES
+    # what predictions will call the classes: COCO's own ids (results evaluate against the file), else the index
+    assert splits.source["category_ids"] == ([1, 2] if fmt == "coco" else [0, 1])
     found = _all(splits)
     assert set(found) == set(TRUTH)  # every image, the negative included
     for name, (_, _, boxes) in TRUTH.items():

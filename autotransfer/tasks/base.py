@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Mapping, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,6 +130,12 @@ class Task:
         A model that scores every position and pools afterwards (a decoder's sequence classifier)
         returns the pooled positions' rows here, so a head fitted on features sees what it scores."""
         return captured
+
+    def gallery(self, prepared: Any, split: str, predictions: np.ndarray, label_names: list[str],
+                limit: int) -> list[tuple[str, Any]]:
+        """Up to ``limit`` examples of ``split`` drawn with ``predictions`` (the objective's decoded rows, in split
+        order) beside the truth, as (caption, PIL image) pairs for the report; none by default (a table says it)."""
+        return []
 
     def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
         """Save ``model`` in its library's standard folder format."""

@@ -38,6 +38,8 @@ from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats, Task
 MAX_SIDE = 640
 #: detections kept per image (torchvision's default)
 DETECTIONS_PER_IMAGE = 100
+#: the report's gallery draws the predicted boxes scoring at least this
+GALLERY_SCORE = 0.5
 
 
 @dataclass
@@ -45,6 +47,7 @@ class BoxSplit:
     images: np.ndarray  # (n, H, W, 3) uint8, each image at the top left of the canvas
     boxes: np.ndarray  # (n, M, 5) float32 [x1, y1, x2, y2, class], class -1 pads
     paths: list[str]
+    sizes: np.ndarray  # (n, 2) int: each scaled image's (height, width) on the canvas
 
     def __len__(self) -> int:
         return len(self.images)
@@ -89,7 +92,8 @@ def prepare_boxes(splits: LabeledSplits) -> BoxData:
         for i, (p, _) in enumerate(rows):
             canvas[i, :p.shape[0], :p.shape[1]] = p
         out[split] = BoxSplit(canvas, pad_rows([b for _, b in rows], most, 5),
-                              [item.path for item in splits.split(split).inputs])
+                              [item.path for item in splits.split(split).inputs],
+                              np.array([p.shape[:2] for p, _ in rows], dtype=np.int64).reshape(-1, 2))
     return BoxData(key=f"boxes-{MAX_SIDE}", size=(height, width), splits=out)
 
 
@@ -162,8 +166,10 @@ class Detection(Task):
         """Images decoded and scaled once for every backbone (the detector normalises per backbone)."""
         start = time.perf_counter()
         data = prepare_boxes(splits)
+        ids = list(splits.source.get("category_ids") or range(len(splits.label_names)))
         for bb in backbones:
             bb.details["image_size"] = list(data.size)  # what the detector is built for
+            bb.details["category_ids"] = ids  # what its predictions call the classes (export)
         return {bb.name: data for bb in backbones}, PreparationStats(distinct=1, runs=1,
                                                                        seconds=time.perf_counter() - start)
 
@@ -219,7 +225,7 @@ class Detection(Task):
         width = max(p.boxes.shape[1] for p in parts)
         merged = BoxSplit(np.concatenate([p.images for p in parts]),
                           np.concatenate([pad_rows(list(p.boxes), width, 5) for p in parts]),
-                          [path for p in parts for path in p.paths])
+                          [path for p in parts for path in p.paths], np.concatenate([p.sizes for p in parts]))
         return BoxData(prepared.key, prepared.size, {**prepared.splits, "train": merged})
 
     def labels(self, prepared: BoxData, split: str) -> np.ndarray:
@@ -231,6 +237,27 @@ class Detection(Task):
         config = _config_of(model)
         return forward(model, inputs["images"], inputs.get("boxes"), config["architecture"], DETECTIONS_PER_IMAGE)
 
+    def gallery(self, prepared: BoxData, split: str, predictions: np.ndarray, label_names: list[str],
+                limit: int) -> list[tuple[str, Any]]:
+        """Images spread over the split, true boxes in green and predicted ones (score >= 0.5) in red."""
+        from PIL import Image
+
+        from autotransfer.detectors import draw_boxes
+
+        part = prepared.splits[split]
+        picked = np.unique(np.linspace(0, len(part) - 1, min(limit, len(part))).round().astype(int)) \
+            if len(part) else []
+        drawn = []
+        for i in picked:
+            h, w = (int(v) for v in part.sizes[i])
+            truth = [tuple(b) for b in part.boxes[i] if b[4] >= 0]
+            predicted = [(*b[:4], int(b[5]), float(b[4])) for b in predictions[i]
+                         if b[5] >= 0 and b[4] >= GALLERY_SCORE]
+            image = draw_boxes(Image.fromarray(part.images[i, :h, :w]), predicted, label_names, truth)
+            drawn.append((f"{Path(part.paths[i]).name}: {len(truth)} true (green), {len(predicted)} predicted "
+                          f"with score >= {GALLERY_SCORE} (red)", image))
+        return drawn
+
     # ----------------------------------------------------------------- export
     def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
         from autotransfer.detectors import save_detector
@@ -238,6 +265,7 @@ class Detection(Task):
         config = _config_of(model)
         save_detector(model, out, architecture=config["architecture"], timm_architecture=backbone.details["architecture"],
                       classes=list(label_names), image_size=backbone.details["image_size"],
+                      category_ids=list(backbone.details.get("category_ids") or range(len(label_names))),
                       mean=backbone.details["mean"], std=backbone.details["std"],
                       anchor_scale=config["anchor_scale"], detections_per_image=DETECTIONS_PER_IMAGE)
 
