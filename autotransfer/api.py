@@ -350,7 +350,8 @@ class _Search:
             engine={"sampler": s.sampler, "scheduler": s.scheduler, "max_epochs": s.max_epochs,
                     "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
                     "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed,
-                    "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes})},
+                    "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes}),
+                    "time_budget_s": s.time_budget_s},
             budget=budget.to_dict(), prerank=prerank,
             source_stage={"data": str(s.source_data), "options": s.source_options,
                           "recipe": self.task.recipes()[0].name, "stages": [r.to_dict() for r in sourced]}

@@ -112,7 +112,9 @@ def _add_search(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
     e = p.add_argument_group("search engine")
     e.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
     e.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources hold)")
-    e.add_argument("--time-budget", type=float, dest="time_budget_s", help="stop starting trials after N seconds")
+    e.add_argument("--time-budget", type=float, dest="time_budget_s", metavar="SECONDS",
+                   help="end the search this long after its trials start: trials still running are stopped then "
+                        "and keep their best evaluation so far")
     e.add_argument("--cpus-per-trial", type=float, default=1.0)
     e.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
     e.add_argument("--sampler", default="tpe", choices=SAMPLERS)
