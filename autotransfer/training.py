@@ -466,10 +466,13 @@ def _fit_classifier(strategy: Strategy, adapted: Adapted, config: Mapping[str, A
     else:
         features, labels = head_features(adapted.model, adapted.classifier, task, prepared, "train",
                                          batch_size * 2, device, dtype)
-    weight, bias = strategy.fit_head(features, labels, len(ctx.label_names), config, threads=ctx.threads)
+    has_bias = adapted.classifier.bias is not None  # a decoder's score layer has none
+    weight, bias = strategy.fit_head(features, labels, len(ctx.label_names), config, threads=ctx.threads,
+                                     intercept=has_bias)
     with torch.no_grad():
         adapted.classifier.weight.copy_(torch.as_tensor(weight, dtype=adapted.classifier.weight.dtype))
-        adapted.classifier.bias.copy_(torch.as_tensor(bias, dtype=adapted.classifier.bias.dtype))
+        if has_bias:
+            adapted.classifier.bias.copy_(torch.as_tensor(bias, dtype=adapted.classifier.bias.dtype))
     train_mode(adapted.model)  # head_features left it in eval mode
     return len(labels), time.perf_counter() - t0, cached is not None
 

@@ -75,20 +75,39 @@ def test_the_search_s_own_batches_pool_like_unpadded_rows(tiny_gpt2, sentiment_d
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
 
 
-def test_an_exported_decoder_predicts_batches_with_a_pipeline(tiny_gpt2, text_ctx, sentiment_dir, tmp_path):
+def _decoder_ctx(tiny_gpt2, text_ctx, sentiment_dir):
     import dataclasses
+
+    from autotransfer.tables import load_text_splits
+
+    info = TASK.describe_backbone(str(tiny_gpt2), _S())
+    prepared, _ = TASK.prepare([info], load_text_splits(sentiment_dir), _S())
+    return info, dataclasses.replace(text_ctx, backbones={info.name: info}, prepared=prepared, max_epochs=1)
+
+
+def test_a_linear_probe_fits_a_decoder_s_bias_free_score_layer(tiny_gpt2, text_ctx, sentiment_dir):
+    """GPT-2's and Llama's ``score`` layer has no bias: the probe's logistic regression is fitted without an
+    intercept, so the layer computes exactly what was fitted."""
+    from autotransfer.training import train
+
+    info, ctx = _decoder_ctx(tiny_gpt2, text_ctx, sentiment_dir)
+    reports = []
+    train({"backbone": info.name, "strategy": "linear_probe", "C": 1.0, "batch_size": 16}, ctx,
+          lambda metrics, checkpoint_dir: reports.append(metrics))
+    assert len(reports) == 1 and reports[0]["trainable_params"] > 0
+    assert 0.0 < reports[0]["accuracy"] <= 1.0
+
+
+def test_an_exported_decoder_predicts_batches_with_a_pipeline(tiny_gpt2, text_ctx, sentiment_dir, tmp_path):
     from pathlib import Path
 
     from transformers import pipeline
 
     from autotransfer.export import export_best
     from autotransfer.results import TrialRecord
-    from autotransfer.tables import load_text_splits
     from autotransfer.training import train
 
-    info = TASK.describe_backbone(str(tiny_gpt2), _S())
-    prepared, _ = TASK.prepare([info], load_text_splits(sentiment_dir), _S())
-    ctx = dataclasses.replace(text_ctx, backbones={info.name: info}, prepared=prepared, max_epochs=1)
+    info, ctx = _decoder_ctx(tiny_gpt2, text_ctx, sentiment_dir)
     ckpt = tmp_path / "ckpt"
 
     def keep(metrics, checkpoint_dir):

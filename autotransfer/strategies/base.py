@@ -104,7 +104,7 @@ class Strategy:
         return []
 
     def fit_head(self, features: np.ndarray, labels: np.ndarray, num_classes: int, config: Mapping[str, Any],
-                 threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 threads: int = 1, intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(weight, bias) of the final linear layer fitted on ``features`` (``fits_head_on_features`` only)."""
         raise NotImplementedError
 

@@ -38,7 +38,9 @@ class LinearProbe(Strategy):
         return Adapted(bundle.model, [{"params": head, "lr": 0.0}], classifier=final_linear(bundle))
 
     def fit_head(self, features: np.ndarray, labels: np.ndarray, num_classes: int, config: Mapping[str, Any],
-                 threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 threads: int = 1, intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``intercept=False`` for a classifier without a bias (a decoder's ``score`` layer): the fit has none
+        either, so the layer computes exactly the fitted model (the returned bias is then all zeros)."""
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -47,7 +49,8 @@ class LinearProbe(Strategy):
 
         with threadpool_limits(limits=max(1, threads)), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # MAX_ITER is far past where accuracy settles
-            clf = LogisticRegression(C=float(self.hp(config, "C")), max_iter=MAX_ITER).fit(features, labels)
+            clf = LogisticRegression(C=float(self.hp(config, "C")), max_iter=MAX_ITER,
+                                     fit_intercept=intercept).fit(features, labels)
         coef, intercept = clf.coef_, clf.intercept_
         weight = np.zeros((num_classes, features.shape[1]))
         bias = np.zeros(num_classes)
@@ -58,5 +61,6 @@ class LinearProbe(Strategy):
         else:
             weight[classes], bias[classes] = coef, intercept
             missing = np.setdiff1d(np.arange(num_classes), classes)
-            bias[missing] = -1e4  # a class absent from training is never predicted
+            bias[missing] = -1e4 if intercept else 0.0  # a class absent from training is never predicted (with
+            # a bias to say so)
         return weight, bias
