@@ -46,7 +46,7 @@ def search(data: Path, out: Path, backbone: str, args: argparse.Namespace) -> di
             "trials": [{"strategy": t["strategy"], "status": t["status"], "validation": t["best_metric"],
                         "wall_s": t["wall_time_s"], "trainable_params": t.get("trainable_params")}
                        for t in results["trials"]],
-            "details": results["backbones"][backbone]}
+            "details": next(iter(results["backbones"].values()))}  # one backbone per search (keyed resolved)
 
 
 def main() -> None:
