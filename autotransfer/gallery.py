@@ -17,6 +17,7 @@ import numpy as np
 from autotransfer.checkpoints import PREDICTIONS_FILE
 from autotransfer.settings import GALLERY_DIR
 from autotransfer.storage import local_copy
+
 #: examples shown
 LIMIT = 12
 
@@ -30,7 +31,7 @@ def write_gallery(task: Any, prepared: Any, checkpoint: Optional[str], label_nam
     folder = out / GALLERY_DIR
     if folder.exists():
         shutil.rmtree(folder)
-    if checkpoint is None:
+    if checkpoint is None or not task.has_gallery:
         return []
     with local_copy(str(checkpoint)) as ckpt:
         path = Path(ckpt) / PREDICTIONS_FILE

@@ -67,6 +67,14 @@ def test_the_gallery_draws_true_boxes_green_and_confident_predictions_red():
     assert caption == "a.jpg: 1 true (green), 1 predicted with score >= 0.5 (red)"
 
 
+def test_a_task_without_a_gallery_reads_no_checkpoint_for_one(tmp_path):
+    from autotransfer.gallery import write_gallery
+
+    # a text task draws nothing: its (here unreachable) checkpoint is not even opened
+    assert write_gallery(get_task("text-cls"), None, "s3://nowhere/ckpt", ["a", "b"], tmp_path) == []
+    assert not (tmp_path / "gallery").exists()
+
+
 @pytest.fixture(scope="module")
 def run(ray_session, box_scenes, tiny_resnet, tmp_path_factory):
     space = tmp_path_factory.mktemp("spaces") / "boxes.yaml"

@@ -61,6 +61,6 @@ class LinearProbe(Strategy):
         else:
             weight[classes], bias[classes] = coef, intercept
             missing = np.setdiff1d(np.arange(num_classes), classes)
-            bias[missing] = -1e4 if intercept else 0.0  # a class absent from training is never predicted (with
-            # a bias to say so)
+            # a class absent from training is never predicted (when the layer has a bias to say so)
+            bias[missing] = -1e4 if clf.fit_intercept else 0.0
         return weight, bias

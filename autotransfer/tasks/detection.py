@@ -140,6 +140,7 @@ class _Collate:
 @register_task
 class Detection(Task):
     name = "detection"
+    has_gallery = True  # validation images with their boxes in the report
 
     # ------------------------------------------------------------- backbones
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
