@@ -31,7 +31,9 @@ def write_gallery(task: Any, prepared: Any, checkpoint: Optional[str], label_nam
     folder = out / GALLERY_DIR
     if folder.exists():
         shutil.rmtree(folder)
-    if checkpoint is None or not task.has_gallery:
+    from autotransfer.tasks.base import Task
+
+    if checkpoint is None or type(task).gallery is Task.gallery:  # a task that draws nothing: no checkpoint read
         return []
     with local_copy(str(checkpoint)) as ckpt:
         path = Path(ckpt) / PREDICTIONS_FILE

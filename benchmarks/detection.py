@@ -64,18 +64,14 @@ def _load(coco: dict, folder: Path, classes: list[int]) -> list[tuple]:
     """(image tensor in [0, 1] scaled like the search's, boxes, 0-based class ids) per image."""
     import torch
     from PIL import Image
-    from torchvision.transforms.v2 import functional as F
 
-    from autotransfer.tasks.detection import MAX_SIDE
+    from autotransfer.tasks.detection import scaled_image
 
     rows = []
     for im in coco["images"]:
         with Image.open(folder / im["file_name"]) as pic:
-            pic = pic.convert("RGB")
-            scale = min(1.0, MAX_SIDE / max(pic.size))
-            if scale < 1.0:
-                pic = pic.resize((round(pic.width * scale), round(pic.height * scale)), Image.Resampling.BILINEAR)
-            pixels = F.to_dtype(F.pil_to_tensor(pic), torch.float32, scale=True)
+            array, scale = scaled_image(pic)  # the search's own scaling: both see the same pixels
+        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
         anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns], dtype=torch.float32).reshape(-1, 4) * scale

@@ -59,8 +59,6 @@ class Task:
     """
 
     name: ClassVar[str]
-    #: whether :meth:`gallery` draws anything (the report's gallery is skipped, and no checkpoint read, if not)
-    has_gallery: ClassVar[bool] = False
 
     @classmethod
     def declared(cls) -> TaskSpec:

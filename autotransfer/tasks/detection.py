@@ -60,7 +60,9 @@ class BoxData:
     splits: dict[str, BoxSplit]
 
 
-def _scaled(image: Any) -> tuple[np.ndarray, float]:
+def scaled_image(image: Any) -> tuple[np.ndarray, float]:
+    """A PIL image as the search prepares it (longer side at most :data:`MAX_SIDE`, never enlarged; RGB pixels)
+    and the scale applied to it."""
     from PIL import Image
 
     w, h = image.size
@@ -79,7 +81,7 @@ def prepare_boxes(splits: LabeledSplits) -> BoxData:
         rows = []
         for item in splits.split(split).inputs:
             with Image.open(item.path) as im:
-                pixels, scale = _scaled(im)
+                pixels, scale = scaled_image(im)
             boxes = np.concatenate([item.boxes * scale, item.labels[:, None].astype(np.float32)], axis=1)
             rows.append((pixels, boxes.astype(np.float32)))
         decoded[split] = rows
@@ -140,7 +142,6 @@ class _Collate:
 @register_task
 class Detection(Task):
     name = "detection"
-    has_gallery = True  # validation images with their boxes in the report
 
     # ------------------------------------------------------------- backbones
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
