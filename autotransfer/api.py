@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
 
-from autotransfer.budget import derive_budget
+from autotransfer.budget import Budget, derive_budget
 from autotransfer.errors import UserError
 from autotransfer.report_writer import ReportWriter
 from autotransfer.run_info import RunInfo
@@ -47,6 +47,20 @@ OFFLINE_SPACES = {"text-cls": "search_spaces/text-cls-example.yaml"}
 
 class SearchFailed(RuntimeError):
     """Every trial failed; the message says why (exit code 1)."""
+
+
+def no_result_reason(records: list[TrialRecord], time_budget_s: Optional[float], budget: Budget) -> str:
+    """Why a search has no model to export, in one line: the trials' own errors, or a time budget that ended
+    before any trial's first evaluation (then nothing failed: the budget was too short for one round)."""
+    errors = sorted({r.error for r in records if r.error})
+    if errors:
+        return f"every trial failed ({len(records)}); first reason: {errors[0]}"
+    if time_budget_s is not None and not any(r.iterations for r in records):
+        b = budget.max_batch_size
+        return (f"--time-budget {time_budget_s:g} s ended before any trial's first evaluation (a round is "
+                f"{budget.examples_per_round} training examples, {budget.steps(b, 1)} steps at batch {b}); "
+                f"allow more time, or shorten rounds with a lower --min-steps")
+    return f"no trial reported a result ({len(records)} trials)"
 
 
 class SearchInterrupted(RuntimeError):
@@ -389,8 +403,7 @@ class _Search:
             save_results(out, records, s.metric, meta.to_dict())
             write_report(out, records, meta.to_dict())
             upload_run(s)
-            reasons = sorted({r.error or "no result" for r in records})
-            raise SearchFailed(f"every trial failed ({len(records)}); first reason: {reasons[0]}")
+            raise SearchFailed(no_result_reason(records, s.time_budget_s, budget))
 
         self._uncertainty(records, best, ctx)
         if sourced:

@@ -323,3 +323,23 @@ def test_only_trials_a_stop_cut_short_become_interrupted():
     settled = {r.trial_id: r.status for r in settle_interrupted(records, {"never-ended", "broke"}, {"cut", "done"})}
     assert settled == {"asha": STOPPED, "cut": INTERRUPTED, "never-ended": INTERRUPTED, "broke": FAILED,
                        "done": COMPLETED}
+
+
+def test_a_time_budget_that_ends_before_any_evaluation_is_named_as_the_cause():
+    """A search whose --time-budget ran out before any trial's first round fails with a line saying that (and how
+    to fix it), not as if its trials had failed; a trial's own error is still the reason when there is one."""
+    from autotransfer.api import no_result_reason
+    from autotransfer.budget import derive_budget
+
+    def rec(tid, error=None, iterations=0):
+        return TrialRecord(trial_id=tid, backbone="b", strategy="full", params={}, status=STOPPED,
+                           iterations=iterations, epochs=0.0, best_metric=None, best_epoch=None, wall_time_s=1.0,
+                           trainable_params=None, total_params=None, error=error)
+
+    budget = derive_budget(42, 4, max_epochs=3, evals_per_epoch=2, grace_rounds=2, min_steps=300)
+    line = no_result_reason([rec("a"), rec("b")], 240.0, budget)
+    assert line.startswith("--time-budget 240 s ended before any trial's first evaluation")
+    assert "50 steps at batch 4" in line and "--min-steps" in line
+    assert no_result_reason([rec("a"), rec("b", error="CUDA out of memory")], 240.0, budget) \
+        == "every trial failed (2); first reason: CUDA out of memory"
+    assert "time-budget" not in no_result_reason([rec("a")], None, budget)
