@@ -14,6 +14,7 @@ from PIL import Image
 from autotransfer.detection_data import BadBoxesWarning, detect_format, load_detection_splits
 from autotransfer.errors import UserError
 
+REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["stop", "yield"]
 #: image name -> (width, height, [(x1, y1, x2, y2, class index)]); the last image is a negative (no box)
 TRUTH = {f"scene{i}.png": (80 + 8 * (i % 3), 60, [(4.0 + i, 6.0, 30.0 + i, 28.0, i % 2)] + (
@@ -143,3 +144,18 @@ def test_input_that_cannot_be_used_is_refused(tmp_path):
     (yolo / "data.yaml").unlink()
     with pytest.raises(UserError, match="data.yaml .* or classes.txt"):
         load_detection_splits(yolo)
+
+
+def test_the_shipped_detection_example_reads_without_a_bad_box(recwarn):
+    """examples/signs-mini (the README's detection example) is COCO that the reader takes whole: every image
+    present, every box inside its image, the negatives kept, the four GTSDB groups, split by image."""
+    coco = REPO / "examples" / "signs-mini" / "coco.json"
+    splits = load_detection_splits(coco, seed=0)
+    assert not [w for w in recwarn if issubclass(w.category, BadBoxesWarning)]
+    assert splits.label_names == ["prohibitory", "danger", "mandatory", "other"]
+    images = [im for name in ("train", "validation", "test") for im in splits.split(name).inputs]
+    raw = json.loads(coco.read_text())
+    assert len(images) == len(raw["images"]) == 64
+    assert sum(int((splits.split(n).labels >= 0).sum()) for n in ("train", "validation", "test")) \
+        == len(raw["annotations"])
+    assert sum(1 for n in ("train", "validation", "test") for row in splits.split(n).labels if (row < 0).all()) == 12
