@@ -148,7 +148,23 @@ def run_search(data: Path, out: Path, seed: int, refit: bool = False, task: str 
             "trials": {s: sum(1 for t in results["trials"] if t["status"] == s)
                        for s in ("completed", "stopped_early", "failed")},
             "recipe_trials": [{"backbone": Path(t["backbone"]).name, "validation_accuracy": t["best_metric"],
-                               "status": t["status"]} for t in results["trials"] if t["params"].get("recipe")]}
+                               "status": t["status"]} for t in results["trials"] if t["params"].get("recipe")],
+            "prerank": prerank_held(results.get("prerank"))}
+
+
+def prerank_held(prerank: dict | None) -> dict | None:
+    """The search's backbone pre-rank (#16) against what its trials found: each backbone's LogME and k-NN
+    scores, its best validation accuracy, and whether LogME's and k-NN's first choice was the best backbone."""
+    if not prerank or not prerank.get("best_validation"):
+        return None
+    scores, best = prerank["scores"], prerank["best_validation"]
+    top = max(best, key=best.__getitem__)
+    knn = {n: v["knn_accuracy"] for n, v in scores.items() if v.get("knn_accuracy") is not None}
+    return {"backbones": {Path(n).name: {"logme": v["logme"], "knn_accuracy": v.get("knn_accuracy"),
+                                         "best_validation": best.get(n)} for n, v in scores.items()},
+            "logme_top_was_best": prerank["order"][0] == top,
+            "knn_top_was_best": (max(knn, key=knn.__getitem__) == top) if knn else None,
+            "seconds": prerank.get("seconds")}
 
 
 def main() -> None:
@@ -226,6 +242,14 @@ def _refit_summary(cases: list[dict]) -> dict:
             "refit_better": sum(g > 0 for g in gains), "refit_worse": sum(g < 0 for g in gains)}
 
 
+def _prerank_summary(cases: list[dict]) -> dict:
+    held = [c["search"]["prerank"] for c in cases if c["search"].get("prerank")]
+    if not held:
+        return {}
+    return {"prerank_cases": len(held), "prerank_logme_top_was_best": sum(h["logme_top_was_best"] for h in held),
+            "prerank_knn_top_was_best": sum(bool(h["knn_top_was_best"]) for h in held)}
+
+
 def write(path: Path, cases: list[dict], done: bool) -> None:
     counts = {v: sum(1 for c in cases if c["verdict"] == v) for v in ("win", "tie", "loss")}
     out = {
@@ -234,7 +258,7 @@ def write(path: Path, cases: list[dict], done: bool) -> None:
         "complete": done,
         "cases": cases,
         "summary": {**counts, "mean_difference": sum(c["difference"] for c in cases) / max(1, len(cases)),
-                    **_refit_summary(cases)},
+                    **_refit_summary(cases), **_prerank_summary(cases)},
     }
     path.write_text(json.dumps(out, indent=2, default=str))
     print(json.dumps(out["summary"]), "->", path, flush=True)
