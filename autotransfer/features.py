@@ -6,7 +6,9 @@ That input is the same for every such trial of a backbone: the model is built wi
 search's seed (so a head part the checkpoint lacks, such as a missing pooler, is drawn
 the same way) and run in eval mode on un-augmented batches.  It is computed here once,
 shipped to the trials with the rest of the trial context (Ray's object store, so remote
-nodes get it too), and scored for the backbone pre-rank (:mod:`autotransfer.prerank`).
+nodes get it too), and scored for the backbone pre-rank (:mod:`autotransfer.prerank`) -- or,
+where the task says the classifier's input is the weaker thing to score (a text encoder's
+pooler), the rows it names instead, taken in the same forward pass.
 
 Bounded: features larger than :data:`CACHE_LIMIT_MB` in all are not kept (the forward
 pass stops as soon as the limit is passed); trials then compute their own, as before.
@@ -42,10 +44,19 @@ class FrozenFeatures:
     val_x: Optional[np.ndarray] = None
     val_y: Optional[np.ndarray] = None
     val_order: Optional[np.ndarray] = None
+    #: the training rows the backbone pre-rank scores when they are not ``x`` (a text encoder's averaged token
+    #: states, see :meth:`autotransfer.tasks.Task.ranking_rows`); None: it scores ``x``
+    rank_x: Optional[np.ndarray] = None
+
+    @property
+    def ranking_rows(self) -> np.ndarray:
+        """What the pre-rank scores (with ``y``)."""
+        return self.x if self.rank_x is None else self.rank_x
 
     @property
     def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in (self.x, self.y, self.val_x, self.val_y, self.val_order) if a is not None))
+        return int(sum(a.nbytes for a in (self.x, self.y, self.val_x, self.val_y, self.val_order, self.rank_x)
+                       if a is not None))
 
 
 def frozen_features(task: Task, backbone: BackboneInfo, prepared: Any, label_names: list[str], seed: int,
@@ -63,9 +74,11 @@ def frozen_features(task: Task, backbone: BackboneInfo, prepared: Any, label_nam
     device = device_for(use_gpu)
     adapted.model.to(device)
     dtype = autocast_dtype(precision, device)
+    ranking: list[np.ndarray] = []
     x, y = head_features(adapted.model, adapted.classifier, task, prepared, "train", batch_size, device, dtype,
-                         limit_bytes=limit_bytes)
-    found = FrozenFeatures(x=x.astype(np.float32, copy=False), y=y, seconds=0.0)
+                         limit_bytes=limit_bytes, ranking=ranking)
+    found = FrozenFeatures(x=x.astype(np.float32, copy=False), y=y, seconds=0.0,
+                           rank_x=ranking[0].astype(np.float32, copy=False) if ranking else None)
     if task.objective.rows_are_examples:  # a fitted head is then scored on these, without the backbone
         room = None if limit_bytes is None else limit_bytes - found.nbytes
         vx, vy = head_features(adapted.model, adapted.classifier, task, prepared, "validation", batch_size, device,

@@ -16,6 +16,11 @@ No maintained package implements it, so it is written here from the paper.
 **k-NN accuracy**: scikit-learn's ``KNeighborsClassifier`` (cosine distance), 5-fold
 stratified cross-validation on the training split.
 
+Both score the frozen features the linear probe fits on (:mod:`autotransfer.features`), except
+where the task names better rows for judging a backbone (:meth:`Task.ranking_rows`): a text
+encoder is scored on its token states averaged over the real tokens, not on its pooler's output
+(the record's ``scored`` says which, per backbone).
+
 Both are estimates: published comparisons find them unstable across data sets, so the
 search reports after the fact how well they predicted the fine-tuned ranking
 (:func:`spearman`).
@@ -23,6 +28,7 @@ search reports after the fact how well they predicted the fine-tuned ranking
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -169,7 +175,9 @@ def prerank_backbones(task: "Task", space: "SearchSpace", backbones: Mapping[str
         if s.prerank:
             log("--prerank: no backbone's features could be computed; searching all backbones")
         return {}, None
-    scores = score_backbones({n: (f.x, f.y) for n, f in found.items()}, seed=s.seed)
+    scores = score_backbones({n: (f.ranking_rows, f.y) for n, f in found.items()}, seed=s.seed)
+    scored = {n: "classifier input" if f.rank_x is None else task.ranking_description for n, f in found.items()}
+    found = {n: dataclasses.replace(f, rank_x=None) for n, f in found.items()}  # the trials need only the head's
     order = ranked(scores) + [n for n in space.backbones if n not in scores]
     kept = order[:s.prerank] if s.prerank else order
     seconds = time.perf_counter() - started
@@ -179,7 +187,8 @@ def prerank_backbones(task: "Task", space: "SearchSpace", backbones: Mapping[str
             f"{display_name(n)} {scores[n].logme:.3f} / {_fmt(scores[n].knn_accuracy)}" for n in order if n in scores)
         + (f"; searching the best {len(kept)}: {', '.join(map(display_name, kept))}" if len(kept) < len(order) else ""))
     record = {"scores": to_dict(scores), "order": order, "kept": kept, "asked": s.prerank,
-              "features_seconds": {n: round(f.seconds, 2) for n, f in found.items()}, "seconds": round(seconds, 2)}
+              "features_seconds": {n: round(f.seconds, 2) for n, f in found.items()}, "seconds": round(seconds, 2),
+              "scored": scored}
     return {n: f for n, f in found.items() if n in kept}, record
 
 

@@ -422,32 +422,51 @@ def evaluate_features(classifier: nn.Module, task: Task, x: np.ndarray, y: np.nd
 
 @torch.inference_mode()
 def head_features(model: nn.Module, classifier: nn.Module, task: Task, prepared: Any, split: str, batch_size: int,
-                  device: torch.device, dtype: Optional[torch.dtype],
-                  limit_bytes: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+                  device: torch.device, dtype: Optional[torch.dtype], limit_bytes: Optional[int] = None,
+                  ranking: Optional[list[np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
     """What ``classifier`` sees for every example of a split (one forward pass, eval mode, no augmentation), as
     the objective's rows of (features, class id), in the loader's order (:func:`loader_order`).  Past
-    ``limit_bytes`` of features it stops and raises :class:`autotransfer.features.NotCached`."""
+    ``limit_bytes`` of features it stops and raises :class:`autotransfer.features.NotCached`.
+
+    With a ``ranking`` list, the same pass also appends to it the rows the backbone pre-rank scores, when the task
+    scores something other than the classifier's input (:meth:`Task.ranking_module`), one row per feature row."""
     captured: list[torch.Tensor] = []
-    hook = classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    hooks = [classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))]
+    states: list[Any] = []
+    source = task.ranking_module(model) if ranking is not None else None
+    if source is not None:
+        hooks.append(source.register_forward_hook(lambda _m, _args, out: states.append(out)))
     model.eval()
-    features, labels = [], []
+    features, labels, ranked = [], [], []
     size = 0
     try:
         for inputs, y in task.batches(prepared, split, batch_size, train=False, pin_memory=device.type == "cuda"):
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             with _autocast(device, dtype):
                 task.logits(model, inputs)
-            x, y = task.objective.feature_rows(task.classifier_input(captured.pop(), inputs), y)  # e.g. a tagger
-            # keeps its tagged positions, a decoder's classifier the last real token
+            head_input = captured.pop()
+            if source is not None:
+                rows = task.ranking_rows(states.pop(), head_input, inputs)
+                if rows is None:  # this model's pre-rank scores its classifier's input after all
+                    hooks.pop().remove()
+                    source = None
+                else:
+                    ranked.append(rows.detach().float().cpu().numpy())
+                    size += ranked[-1].nbytes
+            x, labels_of = task.objective.feature_rows(task.classifier_input(head_input, inputs), y)  # e.g. a
+            # tagger keeps its tagged positions, a decoder's classifier the last real token
             features.append(x)
-            labels.append(y)
-            size += x.nbytes + y.nbytes
+            labels.append(labels_of)
+            size += x.nbytes + labels_of.nbytes
             if limit_bytes is not None and size > limit_bytes:
                 from autotransfer.features import NotCached
 
                 raise NotCached(f"frozen features pass the {limit_bytes / 2**20:.0f} MiB left for them")
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
+    if ranking is not None and ranked and source is not None:
+        ranking.append(np.concatenate(ranked))
     return np.concatenate(features), np.concatenate(labels)
 
 

@@ -135,6 +135,8 @@ def test_backbones_are_pre_ranked_on_frozen_features_the_linear_probes_reuse(run
     assert pre["order"] == sorted(pre["scores"], key=lambda n: -pre["scores"][n]["logme"])
     assert all(0.0 <= v["knn_accuracy"] <= 1.0 and v["examples"] == 480 for v in pre["scores"].values())
     assert set(pre["best_validation"]) == set(pre["scores"]) and pre["spearman_logme"] is None  # 2 backbones
+    # encoders are judged on their averaged token states, not on the pooler's output the probes fit
+    assert set(pre["scored"].values()) == {"token states averaged over the real tokens"}
     probes = [r for r in run.records if r.strategy == "linear_probe"]
     assert probes
     for r in probes:  # each fitted its head on the features computed once before the trials

@@ -131,6 +131,20 @@ class Task:
         returns the pooled positions' rows here, so a head fitted on features sees what it scores."""
         return captured
 
+    #: what :meth:`ranking_rows` gives, for the pre-rank's record
+    ranking_description: ClassVar[str] = "classifier input"
+
+    def ranking_module(self, model: nn.Module) -> Optional[nn.Module]:
+        """The module whose output the backbone pre-rank scores (:mod:`autotransfer.prerank`), reduced to rows by
+        :meth:`ranking_rows`; None (the default): the pre-rank scores what the classifier layer sees."""
+        return None
+
+    def ranking_rows(self, output: Any, head_input: torch.Tensor,
+                     inputs: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """One row per example from :meth:`ranking_module`'s ``output`` for a batch (``head_input``: what the
+        classifier layer received), or None: score the classifier's input for this model after all."""
+        return None
+
     def gallery(self, prepared: Any, split: str, predictions: np.ndarray, label_names: list[str],
                 limit: int) -> list[tuple[str, Any]]:
         """Up to ``limit`` examples of ``split`` drawn with ``predictions`` (the objective's decoded rows, in split

@@ -423,6 +423,30 @@ class TextClassification(Task):
         last = inputs["attention_mask"].sum(-1).clamp(min=1) - 1
         return captured[torch.arange(captured.shape[0], device=captured.device), last.to(captured.device)]
 
+    ranking_description = "token states averaged over the real tokens"
+
+    def ranking_module(self, model: nn.Module) -> Optional[nn.Module]:
+        """The encoder (transformers' ``base_model``): the pre-rank scores its token states, see
+        :meth:`ranking_rows`."""
+        base = getattr(model, "base_model", None)
+        return base if isinstance(base, nn.Module) and base is not model else None
+
+    def ranking_rows(self, output: Any, head_input: torch.Tensor,
+                     inputs: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """An encoder's last-layer token states averaged over the real tokens; a decoder (its classifier scores
+        every position) keeps the token it classifies from, as its head does (None).
+
+        Why not the classifier's input: a BERT-style head reads the first token through a pooler trained for
+        next-sentence prediction, or drawn at random when the checkpoint has none (sentence-transformers
+        checkpoints such as paraphrase-MiniLM-L3-v2); averaged token states are the better frozen features
+        (Reimers & Gurevych, EMNLP 2019) and, on the shared SST-2 / SUBJ / SST-5 subsets, ranked the two MiniLM
+        encoders as fine-tuning did, which the pooler output did not (``benchmarks/prerank.py``)."""
+        if head_input.dim() == 3:
+            return None
+        states = output[0]  # last_hidden_state (a ModelOutput or, with return_dict off, a tuple)
+        mask = inputs["attention_mask"].unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+
     # ----------------------------------------------------------------- export
     def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
         from transformers import AutoTokenizer

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from autotransfer.conll import read_words
@@ -135,6 +136,9 @@ class TokenClassification(TextClassification):
 
     def classifier_input(self, captured: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return captured  # every position is scored: the objective keeps the tagged ones
+
+    def ranking_module(self, model: nn.Module) -> Optional[nn.Module]:
+        return None  # the classifier already reads each token's own state: the pre-rank scores those rows
 
     # ------------------------------------------------------------------ data
     def describe_backbone(self, name: str, settings: Any) -> BackboneInfo:
