@@ -38,8 +38,10 @@ examples:
   # NLI first, then sentiment: each backbone fine-tuned on the source task, the search picks with or without
   autotransfer search --task text-cls --data reviews.csv --source-data nli.csv
 
-  # traffic signs: boxes in a COCO file, torchvision detectors on local timm backbones, ranked on mAP
-  autotransfer search --task detection --data signs/coco_4class.json --space search_spaces/detection-local.yaml
+  # traffic signs (the shipped 64-image example): boxes in a COCO file, torchvision detectors on local
+  # timm backbones, ranked on mAP; a CPU shows the workflow, a useful detector needs a GPU
+  autotransfer search --task detection --data examples/signs-mini/coco.json \\
+      --space search_spaces/detection-local.yaml --num-samples 4 --min-steps 100
 
   # only LoRA and full fine-tuning, 30 minutes at most
   autotransfer search --task text-cls --data data/ --strategies lora,full --time-budget 1800
