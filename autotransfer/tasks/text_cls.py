@@ -439,8 +439,8 @@ class TextClassification(Task):
         Why not the classifier's input: a BERT-style head reads the first token through a pooler trained for
         next-sentence prediction, or drawn at random when the checkpoint has none (sentence-transformers
         checkpoints such as paraphrase-MiniLM-L3-v2); averaged token states are the better frozen features
-        (Reimers & Gurevych, EMNLP 2019). On 8 shared SST-2 / SUBJ / SST-5 subsets, LogME on them picked the MiniLM
-        encoder that fine-tuned better in 5 cases, on the pooler output in 1 (``benchmarks/prerank.py``)."""
+        (Reimers & Gurevych, EMNLP 2019). On 9 shared SST-2 / SUBJ / SST-5 subsets, LogME on them picked the MiniLM
+        encoder that fine-tuned better in 6 cases, on the pooler output in 1 (``benchmarks/prerank.py``)."""
         if head_input.dim() == 3:
             return None
         states = output[0]  # last_hidden_state (a ModelOutput or, with return_dict off, a tuple)
