@@ -24,6 +24,12 @@ NEGATIVES = 12
 SEED = 0
 
 
+def span(anns: list[dict]) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1): the smallest rectangle holding every box of a scene."""
+    return (min(a["bbox"][0] for a in anns), min(a["bbox"][1] for a in anns),
+            max(a["bbox"][0] + a["bbox"][2] for a in anns), max(a["bbox"][1] + a["bbox"][3] for a in anns))
+
+
 def main(src: Path, out: Path) -> None:
     coco = json.loads((src / "coco_4class.json").read_text())
     boxes = defaultdict(list)
@@ -40,8 +46,7 @@ def main(src: Path, out: Path) -> None:
                 negatives += 1
                 chosen.append((im, anns))
             continue
-        x0, y0 = min(a["bbox"][0] for a in anns), min(a["bbox"][1] for a in anns)
-        x1, y1 = max(a["bbox"][0] + a["bbox"][2] for a in anns), max(a["bbox"][1] + a["bbox"][3] for a in anns)
+        x0, y0, x1, y1 = span(anns)
         group = anns[0]["category_id"]
         if x1 - x0 <= SIDE - 8 and y1 - y0 <= SIDE - 8 and per_class[group] < PER_CLASS:
             per_class[group] += 1
@@ -51,8 +56,7 @@ def main(src: Path, out: Path) -> None:
     for k, (im, anns) in enumerate(sorted(chosen, key=lambda c: c[0]["id"])):
         w, h = im["width"], im["height"]
         if anns:
-            x0, y0 = min(a["bbox"][0] for a in anns), min(a["bbox"][1] for a in anns)
-            x1, y1 = max(a["bbox"][0] + a["bbox"][2] for a in anns), max(a["bbox"][1] + a["bbox"][3] for a in anns)
+            x0, y0, x1, y1 = span(anns)
             left = rng.uniform(max(0.0, x1 - SIDE + 4), min(x0 - 4, w - SIDE))
             top = rng.uniform(max(0.0, y1 - SIDE + 4), min(y0 - 4, h - SIDE))
         else:
