@@ -39,8 +39,14 @@ def git_state() -> dict:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
+    commit = git("rev-parse", "HEAD")
+    if not commit and os.environ.get("AUTOTRANSFER_BENCH_COMMIT"):
+        # a copy of the working tree without .git (the lent GPU machine): the command that shipped it names
+        # the commit it was cut from, and shipping a committed tree is how it stays clean
+        return {"commit": os.environ["AUTOTRANSFER_BENCH_COMMIT"], "dirty": None, "changed": [],
+                "commit_from": "AUTOTRANSFER_BENCH_COMMIT (no .git in this copy)"}
     changed = git("status", "--porcelain", "--", "autotransfer", "search_spaces", "benchmarks/*.py")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": changed.splitlines()}
+    return {"commit": commit, "dirty": bool(changed), "changed": changed.splitlines()}
 
 
 def provenance(packages: tuple[str, ...] = ("torch", "transformers", "timm", "ray", "optuna", "scikit-learn")) -> dict:

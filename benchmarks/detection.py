@@ -41,15 +41,15 @@ GTSDB = REPO.parent / "shared" / "data" / "gtsdb"
 BODY = REPO.parent / "shared" / "models" / "image" / "mobilenetv2_100"
 
 
-def split(out: Path, train_n: int, eval_n: int, seed: int) -> dict[str, list[dict]]:
+def split(out: Path, train_n: int, eval_n: int, seed: int, gtsdb: Path = GTSDB) -> dict[str, list[dict]]:
     """``out/train.json`` and ``out/test.json`` (COCO, image paths relative to them) split by image."""
-    coco = json.loads((GTSDB / "coco_4class.json").read_text())
+    coco = json.loads((gtsdb / "coco_4class.json").read_text())
     images = sorted(coco["images"], key=lambda im: im["id"])
     random.Random(seed).shuffle(images)
     if train_n + eval_n > len(images):
         raise SystemExit(f"GTSDB has {len(images)} images; asked for {train_n} + {eval_n}")
     out.mkdir(parents=True)
-    (out / "images").symlink_to((GTSDB / "images").resolve())
+    (out / "images").symlink_to((gtsdb / "images").resolve())
     parts = {"train": images[:train_n], "test": images[train_n:train_n + eval_n]}
     for name, part in parts.items():
         ids = {im["id"] for im in part}
@@ -80,7 +80,8 @@ def _load(coco: dict, folder: Path, classes: list[int]) -> list[tuple]:
     return rows
 
 
-def recipe(data: dict[str, dict], folder: Path, epochs: int, seed: int) -> dict:
+def recipe(data: dict[str, dict], folder: Path, epochs: int, seed: int, body_dir: Path = BODY,
+           device: str = "cpu") -> dict:
     """torchvision's detection tutorial by hand on the search's Faster R-CNN + MobileNetV2 body."""
     import torch
     from torchmetrics.detection import MeanAveragePrecision
@@ -92,9 +93,10 @@ def recipe(data: dict[str, dict], folder: Path, epochs: int, seed: int) -> dict:
     classes = [c["id"] for c in data["train"]["categories"]]
     train, held_out = _load(data["train"], folder, classes), _load(data["test"], folder, classes)
     size = (max(p.shape[1] for p, _, _ in train + held_out), max(p.shape[2] for p, _, _ in train + held_out))
-    body = get_task("detection").describe_backbone(f"local-dir:{BODY}", None)  # its normalisation, as the search's
+    body = get_task("detection").describe_backbone(f"local-dir:{body_dir}", None)  # its normalisation, as the search's
     model = build_detector("fasterrcnn", feature_body(body.source), len(classes), size, body.details["mean"],
-                           body.details["std"])
+                           body.details["std"]).to(device)
+    train = [(p.to(device), b.to(device), lab.to(device)) for p, b, lab in train]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.005, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.1)
@@ -117,12 +119,13 @@ def recipe(data: dict[str, dict], folder: Path, epochs: int, seed: int) -> dict:
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
     with torch.inference_mode():
         for pixels, boxes, labels in held_out:
-            det = model([pixels])[0]
+            det = {k: v.cpu() for k, v in model([pixels.to(device)])[0].items()}
             metric.update([{"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"] - 1}],
                           [{"boxes": boxes, "labels": labels}])
     scores = metric.compute()
     return {"map": float(scores["map"]), "map_50": float(scores["map_50"]), "train_s": round(train_s, 1),
-            "wall_s": round(time.perf_counter() - start, 1), "epochs": epochs, "steps": epochs * -(-len(train) // 2)}
+            "wall_s": round(time.perf_counter() - start, 1), "epochs": epochs, "steps": epochs * -(-len(train) // 2),
+            "device": device}
 
 
 def main() -> None:
@@ -134,14 +137,24 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=3)
     ap.add_argument("--min-steps", type=int, default=None, help="the search's step floor (default: the CLI's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="the recipe's device; auto: cuda when there is one (and the search gets --gpus-per-trial 1)")
+    ap.add_argument("--gpus-per-trial", type=float, default=None, help="the search's (default: 1 on cuda, else 0)")
+    ap.add_argument("--time-budget", type=float, default=None, help="the search's --time-budget in seconds")
+    ap.add_argument("--backbones", default=None, help="the search's --backbones (default: the space's two bodies)")
+    ap.add_argument("--gtsdb", type=Path, default=GTSDB, help="the folder holding coco_4class.json and images/")
+    ap.add_argument("--body", type=Path, default=BODY, help="the recipe's timm body (a local-dir folder)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(2)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if device == "cuda" else 0.0)
+    if device == "cpu":
+        torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="autotransfer-detection-"))
-    data = split(tmp / "data", args.train_images, args.eval_images, args.seed)
-    hand = recipe(data, tmp / "data", args.recipe_epochs, args.seed)
+    data = split(tmp / "data", args.train_images, args.eval_images, args.seed, args.gtsdb)
+    hand = recipe(data, tmp / "data", args.recipe_epochs, args.seed, args.body, device)
     print(f"recipe: mAP {hand['map']:.4f}, mAP@.5 {hand['map_50']:.4f} on {args.eval_images} held-out images, "
           f"{hand['wall_s']:.0f}s", flush=True)
     flags = ["--task", "detection", "--data", str(tmp / "data"), "--space",
@@ -149,6 +162,12 @@ def main() -> None:
              "--num-samples", str(args.num_samples), "--max-epochs", str(args.max_epochs)]
     if args.min_steps is not None:
         flags += ["--min-steps", str(args.min_steps)]
+    if gpus:
+        flags += ["--gpus-per-trial", f"{gpus:g}"]
+    if args.time_budget is not None:
+        flags += ["--time-budget", f"{args.time_budget:g}"]
+    if args.backbones:
+        flags += ["--backbones", args.backbones]
     results, best, wall = cli_search(flags, tmp / "run")
     tested = results["test"]["test_metrics"]
     found = {"map": tested["map"], "map_50": tested["map_50"], "wall_s": round(wall, 1),

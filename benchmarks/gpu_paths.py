@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 from plain_loop import make_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,11 +79,13 @@ def trial_context(task_name: str, data: Path, backbone: str, **kw):
                         label_names=splits.label_names, use_gpu=True, **kw)
 
 
-def pinned(text_data: Path, text_model: str, image_data: Path, image_model: str) -> dict:
+def pinned(text_data: Path, text_model: str, image_data: Path, image_model: str, tasks: list[str]) -> dict:
     from autotransfer.tasks import get_task
 
     out = {}
     for name, data, model in (("text-cls", text_data, text_model), ("image-cls", image_data, image_model)):
+        if name not in tasks:
+            continue
         ctx = trial_context(name, data, model)
         prepared = ctx.prepared[next(iter(ctx.backbones))]
         inputs, labels = next(iter(get_task(name).batches(prepared, "train", 32, train=True, seed=0,
@@ -153,7 +155,8 @@ def one_trial_space(tmp: Path, task: str, backbone: str, strategy: dict, batch_s
     return p
 
 
-def precision_runs(tmp: Path, text_data: Path, text_model: str, image_data: Path, image_model: str) -> dict:
+def precision_runs(tmp: Path, text_data: Path, text_model: str, image_data: Path, image_model: str,
+                   tasks: list[str]) -> dict:
     import autotransfer
 
     setups = {
@@ -165,6 +168,8 @@ def precision_runs(tmp: Path, text_data: Path, text_model: str, image_data: Path
     }
     out: dict = {}
     for task, kw in setups.items():
+        if task not in tasks:
+            continue
         out[task] = {}
         for precision in ("fp32", "bf16", "fp16"):
             start = time.perf_counter()
@@ -251,6 +256,7 @@ def main() -> None:
     ap.add_argument("--text-rows", type=int, default=8000)
     ap.add_argument("--num-samples", type=int, default=8)
     ap.add_argument("--parts", default="pinned,memory,fractional,precision")
+    ap.add_argument("--tasks", default="text-cls,image-cls", help="the tasks of 'pinned' and 'precision'")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
 
@@ -265,18 +271,16 @@ def main() -> None:
     text_data = make_data(tmp / "sst2", args.text_rows, shared=args.shared)
     image_data = args.shared / "data" / "hymenoptera"
     image_model = f"local-dir:{args.image_model.resolve()}"
-    import transformers
-
-    out: dict = {"benchmark": "gpu_paths", "machine": machine(),
-                 "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
-                              "transformers": transformers.__version__},
+    out: dict = {"benchmark": "gpu_paths", **provenance(("torch", "transformers", "timm", "peft", "ray", "optuna")),
+                 "cuda": torch.version.cuda,
                  "setup": {"text_model": text_model.name, "text_weights": "random init" if args.random_init_text
                            else "pretrained", "text_train_rows": args.text_rows,
                            "image_model": args.image_model.name, "image_data": "hymenoptera (ants vs bees)",
                            "num_samples_fractional": args.num_samples}}
-    parts = {"pinned": lambda: pinned(text_data, str(text_model), image_data, image_model),
+    parts = {"pinned": lambda: pinned(text_data, str(text_model), image_data, image_model, args.tasks.split(",")),
              "memory": lambda: memory_baseline(text_data, str(text_model)),
-             "precision": lambda: precision_runs(tmp, text_data, str(text_model), image_data, image_model),
+             "precision": lambda: precision_runs(tmp, text_data, str(text_model), image_data, image_model,
+                                                args.tasks.split(",")),
              "fractional": lambda: fractional(tmp, text_data, str(text_model), args.num_samples)}
     for name in args.parts.split(","):
         print(f"{name}:", flush=True)

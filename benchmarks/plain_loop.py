@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -177,7 +177,7 @@ def main() -> None:
     at_sps = trial["last_metrics"]["samples_per_s"]
     out = {
         "benchmark": "plain_loop",
-        "machine": machine(),
+        **provenance(("torch", "transformers", "ray", "optuna")),
         "setup": {"model": args.model.name, "strategy": "full", "rows": args.rows, "epochs": args.epochs, **CONFIG,
                   "threads": 2, "device": args.device, "precision": precision},
         "plain": {"wall_s": plain_wall, **plain_out},
