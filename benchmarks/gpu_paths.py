@@ -108,7 +108,7 @@ def memory_baseline(text_data: Path, text_model: str) -> dict:
              "reserved_mib": torch.cuda.memory_reserved() / MIB, "gpu_used_mib": gpu_used_mib()}]
     trials = [("full fine-tuning", {"strategy": "full", "lr": 5e-5, "batch_size": 32}, None),
               ("LoRA r=8", {"strategy": "lora", "lr": 1e-3, "lora_r": 8, "batch_size": 32}, None),
-              ("linear probe", {"strategy": "linear_probe", "head_lr": 1e-2, "batch_size": 32}, None),
+              ("linear probe", {"strategy": "linear_probe", "C": 1.0, "batch_size": 32}, None),
               ("full fine-tuning, out of memory", {"strategy": "full", "lr": 5e-5, "batch_size": 32}, 150 * MIB)]
     for label, config, cap in trials:
         peak = {}
@@ -210,8 +210,8 @@ def fractional(tmp: Path, text_data: Path, text_model: str, num_samples: int) ->
     space = tmp / "fractional.yaml"
     space.write_text(json.dumps({"task": "text-cls", "backbones": [text_model],
                                  "params": {"batch_size": 32},
-                                 "strategies": {"linear_probe": {"head_lr": {"distribution": "loguniform",
-                                                                             "low": 1e-3, "high": 3e-2}},
+                                 "strategies": {"linear_probe": {"C": {"distribution": "loguniform",
+                                                                       "low": 1e-2, "high": 1e2}},
                                                 "full": {"lr": {"distribution": "loguniform", "low": 2e-5,
                                                                 "high": 3e-4}},
                                                 "lora": {"lr": {"distribution": "loguniform", "low": 1e-4,
