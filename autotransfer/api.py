@@ -144,13 +144,13 @@ def settings_for_resume(run_dir: Path) -> SearchSettings:
 
 
 class _Search:
-    def _uncertainty(self, records: list[TrialRecord], best: TrialRecord, ctx: Any) -> None:
+    def _uncertainty(self, records: list[TrialRecord], best: TrialRecord, ctx: Any, meta: RunInfo) -> None:
         """95% intervals and ties with the best trial, from the validation predictions in each checkpoint."""
         import numpy as np
 
         from autotransfer.storage import local_copy
         from autotransfer.checkpoints import PREDICTIONS_FILE
-        from autotransfer.uncertainty import intervals
+        from autotransfer.uncertainty import budget_for, intervals
 
         predictions = {}
         for r in records:
@@ -163,10 +163,16 @@ class _Search:
                 continue
         y_true = self.task.labels(ctx.prepared[best.backbone], "validation")
         score = self.task.objective.metric_function(self.s.metric)
-        for trial_id, found in intervals(y_true, predictions, best.trial_id, score, seed=self.s.seed,
-                                         resamples=self.task.objective.resamples).items():
+        found, coverage = intervals(y_true, predictions, best.trial_id, score, seed=self.s.seed,
+                                    resamples=self.task.objective.resamples, budget_s=budget_for(meta.wall_time_s or 0.0))
+        for trial_id, one in found.items():
             r = next(r for r in records if r.trial_id == trial_id)
-            r.interval, r.tied_with_best = found["interval"], found["tied"]
+            r.interval, r.tied_with_best = one["interval"], one["tied"]
+        meta.intervals = coverage.to_dict()
+        if not coverage.complete:
+            self.log(f"validation intervals for the best {coverage.trials} of {coverage.of} trials only "
+                     f"({coverage.resamples} resamples; one {self.s.metric} evaluation takes {coverage.metric_s:.2f}s "
+                     f"and this step is kept within {coverage.budget_s:.0f}s, a tenth of the search or a minute)")
         tied = sum(1 for r in records if r.tied_with_best and r is not best)
         if tied:
             self.log(f"{tied} other trial(s) are statistically tied with the best on the validation set "
@@ -405,7 +411,7 @@ class _Search:
             upload_run(s)
             raise SearchFailed(no_result_reason(records, s.time_budget_s, budget))
 
-        self._uncertainty(records, best, ctx)
+        self._uncertainty(records, best, ctx, meta)
         if sourced:
             from autotransfer.source_stage import compare, describe_comparison
 

@@ -39,6 +39,8 @@ class RunInfo:
     live: Optional[bool] = None
     #: how the exported model was refit on train + validation (``--refit``)
     refit: Optional[dict[str, Any]] = None
+    #: how far the validation intervals went (``autotransfer.uncertainty.Coverage``): trials, resamples, cost
+    intervals: Optional[dict[str, Any]] = None
     #: the greedy model soup tried after the search (``autotransfer.soup``)
     soup: Optional[dict[str, Any]] = None
     #: the backbones' LogME / k-NN scores before the search, and how well they predicted its ranking
@@ -52,7 +54,7 @@ class RunInfo:
     #: validation examples drawn with the selected trial's predictions (``autotransfer.gallery``): file and caption
     gallery: Optional[list[dict[str, str]]] = None
 
-    _OPTIONAL = ("live", "refit", "soup", "prerank", "source_stage", "test", "best_trial", "backbones", "gallery")
+    _OPTIONAL = ("live", "intervals", "refit", "soup", "prerank", "source_stage", "test", "best_trial", "backbones", "gallery")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` layout; outcome fields that were never set are left out."""

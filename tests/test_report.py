@@ -238,3 +238,13 @@ def test_the_tasks_objective_chooses_the_test_figures(run_dir):
     assert "confusion matrix (rows: true, columns: predicted)" in page  # classification's figure
     other = write_report(run_dir, records, {**meta, "task": "no-such-task"}).read_text()
     assert "confusion matrix" not in other and "leaderboard" in other  # unknown task: the generic page still renders
+
+
+def test_the_page_says_when_intervals_covered_only_the_best_trials(run_dir):
+    records, meta = load_results(run_dir)
+    page = write_report(run_dir, records, {**meta, "intervals": {"trials": 6, "of": 6, "resamples": 1000,
+                                                                 "metric_s": 0.0001, "budget_s": 60.0}}).read_text()
+    assert "1000 paired bootstrap resamples" in page and "only" not in page.split("95% intervals")[1][:300]
+    page = write_report(run_dir, records, {**meta, "intervals": {"trials": 2, "of": 6, "resamples": 30,
+                                                                 "metric_s": 0.43, "budget_s": 60.0}}).read_text()
+    assert "for the best 2 of 6 trials only" in page and "takes 0.43 s" in page

@@ -102,7 +102,7 @@ def test_intervals_resample_whole_sentences():
     noisy = gold.copy()
     noisy[:40, 0] = np.where(noisy[:40, 0] == 1, 0, noisy[:40, 0])  # misses some entities in half the sentences
     score = TASK.objective.metric_function("entity_f1")
-    found = intervals(gold, {"a": gold, "b": noisy}, "a", score)
+    found, _ = intervals(gold, {"a": gold, "b": noisy}, "a", score)
     assert found["a"]["interval"] == [1.0, 1.0]
     low, high = found["b"]["interval"]
     assert low < score(gold, noisy) < high <= 1.0
