@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 
 
 def replay(curves: list[list[float]], rf: float, grace: int, workers: int, rng: random.Random) -> tuple[float, float]:
@@ -96,7 +96,7 @@ def main() -> None:
                          "share_at_or_below_0.4": float((spent <= 0.4).mean()),
                          "share_losing_over_1_point": float((loss > 0.01).mean())})
             print(json.dumps(rows[-1]))
-    result = {"benchmark": "asha_replay", "machine": machine(), "estimate_not_measurement": True,
+    result = {"benchmark": "asha_replay", **provenance(), "estimate_not_measurement": True,
               "setup": {"curves": args.curves.name, "recorded_trials": len(curves), "workers": args.workers,
                         "grace_iterations": args.grace_iterations, "orders": args.orders, "noise": args.noise},
               "rows": rows}

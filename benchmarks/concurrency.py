@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 from text_cls import make_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def main() -> None:
         print(f"{name}: {wall:.0f}s, {runs[name]['trials_per_hour']:.0f} trials/hour, "
               f"threads {runs[name]['torch_threads']}", flush=True)
     a, b = runs["2_trials_x_1_cpu"], runs["1_trial_x_2_cpus"]
-    out = {"benchmark": "concurrency", "machine": machine(),
+    out = {"benchmark": "concurrency", **provenance(),
            "setup": {"train_rows": args.train_rows, "num_samples": args.num_samples, "max_epochs": 1,
                      "sampler": "random (seeded)", "scheduler": "fifo"},
            "same_configurations": a["configs"] == b["configs"],

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 from text_cls import BACKBONES, SST2, make_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,8 +40,6 @@ def main() -> None:
     backbone = BACKBONES[1]  # paraphrase-MiniLM-L3-v2: the cheaper one, so 16k rows fit in minutes
     if not SST2.is_dir() or not backbone.is_dir():
         sys.exit(f"needs {SST2} and {backbone}")
-
-    import torch
 
     import autotransfer
 
@@ -84,8 +82,7 @@ def main() -> None:
         })
     out = {
         "benchmark": "data_scaling",
-        "machine": machine(),
-        "versions": {"autotransfer": autotransfer.__version__, "torch": torch.__version__},
+        **provenance(("torch", "transformers", "ray", "optuna")),
         "setup": {"backbone": backbone.name, "num_samples": args.num_samples, "max_epochs": args.max_epochs,
                   "sampler": "random", "scheduler": "fifo", "validation_rows": 872,
                   "same_configs_at_every_size": same_configs},

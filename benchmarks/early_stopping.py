@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def main() -> None:
     a, f = runs["asha"], runs["fifo"]
     out = {
         "benchmark": "early_stopping",
-        "machine": machine(),
+        **provenance(("torch", "transformers", "ray", "optuna")),
         "setup": {"train_rows": args.train_rows, "num_samples": args.num_samples, "max_epochs": args.max_epochs,
                   "grace_period_epochs": args.grace_period, "reduction_factor": args.reduction_factor,
                   "evals_per_epoch": args.evals_per_epoch,

@@ -27,15 +27,13 @@ import math
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, machine  # noqa: E402
+from _common import provenance  # noqa: E402
 from robustness import SOURCES, _read  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,15 +164,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
-    import importlib.metadata as md
 
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     pairs = text_pairs(args.rows, args.val_rows, args.seed) + image_pairs()
-    out = {"benchmark": "linear_probe", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git": git_state(), "machine": machine(),
-           "versions": {p: md.version(p) for p in ("torch", "transformers", "timm", "scikit-learn")},
+    out = {"benchmark": "linear_probe", **provenance(("torch", "transformers", "timm", "scikit-learn")),
            "pairs": pairs, "within_noise": sum(p["within_noise"] for p in pairs), "of": len(pairs)}
     args.out.write_text(json.dumps(out, indent=2, default=str))
     print(f"{out['within_noise']} of {out['of']} pairs within one standard error of the reference -> {args.out}")

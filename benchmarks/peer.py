@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import provenance  # noqa: E402
 from text_cls import BACKBONES, SST2, TokenizedRows, make_data, read_splits, recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +127,6 @@ def main() -> None:
     if not SST2.is_dir() or not all(b.is_dir() for b in BACKBONES):
         sys.exit(f"needs {SST2} and {', '.join(map(str, BACKBONES))}")
 
-    import torch
     import transformers
 
     import autotransfer
@@ -162,9 +161,7 @@ def main() -> None:
 
     out = {
         "benchmark": "peer",
-        "machine": machine(),
-        "versions": {"autotransfer": autotransfer.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        **provenance(("torch", "transformers", "ray", "optuna")),
         "data": {"train_rows": args.train_rows, "validation_rows": 872, "test_rows": 1821, "source": "SST-2"},
         "budget": {"trials": args.num_samples, "max_epochs_per_trial": args.max_epochs},
         "peer": {"description": "transformers.Trainer.hyperparameter_search(backend='optuna'), learning rate only "
