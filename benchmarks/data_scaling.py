@@ -52,6 +52,9 @@ def main() -> None:
             task="text-cls", data=data, space=REPO / "search_spaces" / "text-cls-local.yaml",
             backbones=[str(backbone)], num_samples=args.num_samples, max_epochs=args.max_epochs,
             sampler="random", scheduler="fifo", seed=args.seed, dashboard=False, output=tmp / f"search-{rows}",
+            # the same 4 trials of one epoch at every size: the small-data step floor would train the 1k rows
+            # longer than one epoch (and protected recipe trials would add two), hiding how cost grows with rows
+            min_steps=0, baseline=False,
         )
         wall = time.perf_counter() - start
         prep = result.stats.get("preparation") or {}
