@@ -164,7 +164,8 @@ class _Search:
         y_true = self.task.labels(ctx.prepared[best.backbone], "validation")
         score = self.task.objective.metric_function(self.s.metric)
         found, coverage = intervals(y_true, predictions, best.trial_id, score, seed=self.s.seed,
-                                    resamples=self.task.objective.resamples, budget_s=budget_for(meta.wall_time_s or 0.0))
+                                    resamples=self.task.objective.resamples,
+                                    budget_s=budget_for(meta.wall_time_s or 0.0))
         for trial_id, one in found.items():
             r = next(r for r in records if r.trial_id == trial_id)
             r.interval, r.tied_with_best = one["interval"], one["tied"]

@@ -54,7 +54,8 @@ class RunInfo:
     #: validation examples drawn with the selected trial's predictions (``autotransfer.gallery``): file and caption
     gallery: Optional[list[dict[str, str]]] = None
 
-    _OPTIONAL = ("live", "intervals", "refit", "soup", "prerank", "source_stage", "test", "best_trial", "backbones", "gallery")
+    _OPTIONAL = ("live", "intervals", "refit", "soup", "prerank", "source_stage", "test", "best_trial", "backbones",
+                 "gallery")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` layout; outcome fields that were never set are left out."""
