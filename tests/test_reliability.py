@@ -343,3 +343,17 @@ def test_a_time_budget_that_ends_before_any_evaluation_is_named_as_the_cause():
     assert no_result_reason([rec("a"), rec("b", error="CUDA out of memory")], 240.0, budget) \
         == "every trial failed (2); first reason: CUDA out of memory"
     assert "time-budget" not in no_result_reason([rec("a")], None, budget)
+
+
+def test_a_search_hands_its_cached_gpu_blocks_back_when_it_ends_even_on_an_error(tmp_path, monkeypatch):
+    """The calling process runs soup, export and test on the GPU: its cached blocks go back after the search,
+    however it ends (here: bad input, refused at the door)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    data = tmp_path / "one_class.csv"
+    data.write_text("text,label\n" + "".join(f"sentence {i},pos\n" for i in range(20)))
+    with pytest.raises(autotransfer.UserError, match="class"):
+        autotransfer.search(task="text-cls", data=data, dashboard=False, output=tmp_path / "run")
+    assert calls == [1]
