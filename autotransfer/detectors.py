@@ -32,7 +32,7 @@ class TimmPyramid(nn.Module):
     """A timm ``features_only`` body and a torchvision FPN on its maps: what torchvision's detectors take as
     ``backbone`` (an ``OrderedDict`` of maps, and ``out_channels``)."""
 
-    def __init__(self, body: nn.Module, out_channels: int = FPN_CHANNELS):
+    def __init__(self, body: nn.Module, out_channels: int = FPN_CHANNELS, channels_last: bool = True):
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -41,6 +41,9 @@ class TimmPyramid(nn.Module):
         self.fpn = FeaturePyramidNetwork(list(body.feature_info.channels()), out_channels,
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
+        #: run the body on a channels-last copy of the batch (convolutions are faster in that layout; see
+        #: ``autotransfer.tasks.image_cls.channels_last``); its maps go on to the pyramid in the default layout
+        self.channels_last = channels_last
 
     @property
     def levels(self) -> list[str]:
@@ -48,7 +51,11 @@ class TimmPyramid(nn.Module):
         return [str(i) for i in range(len(self.body.feature_info.channels()))]
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+        if self.channels_last:
+            maps = [f.contiguous() for f in self.body(x.contiguous(memory_format=torch.channels_last))]
+        else:
+            maps = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(maps)))
 
 
 def feature_body(source: str, pretrained: bool = True) -> nn.Module:

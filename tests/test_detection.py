@@ -164,3 +164,22 @@ def test_the_shared_strategies_adapt_the_body_and_always_train_the_heads(strateg
     TASK.logits(adapted.model, {"images": torch.rand(1, 3, 64, 96), "boxes": boxes}).sum().backward()
     merged = get_strategy(strategy).finalize(adapted.model)
     assert type(merged).__name__ == "FasterRCNN"
+
+
+def test_the_body_runs_channels_last_and_the_pyramid_gets_the_same_maps(tiny_resnet):
+    torch.manual_seed(0)
+    model = build_detector("fasterrcnn", feature_body(f"local-dir:{tiny_resnet}"), 2, (64, 96), (0.5,) * 3,
+                           (0.25,) * 3).eval()
+    pyramid, seen = model.backbone, []
+    pyramid.body.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        fast = pyramid(x)
+        pyramid.channels_last = False
+        plain = pyramid(x)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert seen[1].is_contiguous()
+    assert list(fast) == list(plain)
+    for name in fast:
+        assert fast[name].is_contiguous()
+        torch.testing.assert_close(fast[name], plain[name], atol=1e-5, rtol=1e-4)

@@ -170,3 +170,23 @@ def test_a_checkpoint_keeps_the_batchnorm_statistics_a_trial_learned(tiny_resnet
     load_trainable(adapted.model, kept)
     metrics, _ = evaluate(adapted.model, TASK, prepared[info.name], "validation", 16, torch.device("cpu"))
     assert metrics["accuracy"] == keep.reported["accuracy"] and metrics["loss"] == pytest.approx(keep.reported["val_loss"])
+
+
+def test_image_batches_reach_the_model_channels_last_and_give_the_same_logits(shapes_dir, tiny_resnet, tmp_path):
+    splits = load_image_splits(shapes_dir)
+    info = TASK.describe_backbone(f"local-dir:{tiny_resnet}", _S())
+    prepared, _ = TASK.prepare([info], splits, _S(shapes_dir))
+    model = TASK.build(info, ["a", "b", "c"], {}).model.eval()
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    for train in (True, False):  # training batches and evaluation batches alike
+        inputs, _ = next(iter(TASK.batches(prepared[info.name], "train", 8, train=train, config={"augment": "none"})))
+        with torch.no_grad():
+            logits = TASK.logits(model, inputs)
+            reference = model(inputs["x"].contiguous())
+        got, plain = seen[-2:]
+        assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+        assert plain.is_contiguous()
+        torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-4)
+    # the weights keep their layout: checkpoints and exports are written as before
+    assert all(p.is_contiguous() for p in model.parameters())
