@@ -55,7 +55,8 @@ def make_data(folder: Path, rows: int, seed: int = 0, shared: Path = SHARED) -> 
 
 
 def plain(data: Path, epochs: int, model_dir: Path = MODEL, device: str = "cpu", precision: str = "fp32") -> None:
-    """A plain, well-written loop: tokenize once, dynamic padding, AdamW + linear decay; fp32 on CPU.
+    """A plain, well-written loop: tokenize once, batches of similar lengths (the search's order), dynamic
+    padding, AdamW + linear decay; fp32 on CPU.
 
     On a GPU: autocast in ``precision`` (a GradScaler for fp16), pinned batches copied
     non-blocking, fused AdamW.
@@ -66,6 +67,8 @@ def plain(data: Path, epochs: int, model_dir: Path = MODEL, device: str = "cpu",
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+
+    from autotransfer.tasks.text_cls import length_grouped_order
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -93,6 +96,7 @@ def plain(data: Path, epochs: int, model_dir: Path = MODEL, device: str = "cpu",
 
     bs = CONFIG["batch_size"]
     n = len(enc["train"])
+    lengths = [len(r) for r in enc["train"]]
     steps = math.ceil(n / bs) * epochs
     opt = torch.optim.AdamW(model.parameters(), lr=CONFIG["lr"], weight_decay=CONFIG["weight_decay"], fused=cuda)
     sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=steps)
@@ -100,7 +104,8 @@ def plain(data: Path, epochs: int, model_dir: Path = MODEL, device: str = "cpu",
     seen, train_s = 0, 0.0
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).tolist()
+        # the search's training order (batches of similar lengths, seeded per epoch): the same input pipeline
+        order = length_grouped_order(lengths, bs, epoch)
         t0 = time.perf_counter()
         for i in range(0, n, bs):
             ids, mask, y = batch("train", order[i:i + bs])

@@ -72,3 +72,38 @@ def test_missing_folder_and_offline_hub_id_fail_before_any_trial(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a Hugging Face model folder"):
         TASK.describe_backbone(str(tmp_path / "empty"), _S())
+
+
+def test_training_batches_group_similar_lengths_and_stay_a_seeded_shuffle(sentiment_dir, tiny_bert):
+    import torch
+
+    splits = load_text_splits(sentiment_dir)
+    info = TASK.describe_backbone(str(tiny_bert), _S())
+    prepared, _ = TASK.prepare([info], splits, _S())
+    data = prepared[info.name]
+    lengths = data.splits["train"].lengths
+    assert lengths.min() < lengths.max()
+
+    def epoch(seed):
+        return [(inputs["attention_mask"], labels) for inputs, labels in
+                TASK.batches(data, "train", 16, train=True, seed=seed)]
+
+    def padded_per_real(masks):
+        return sum(m.numel() for m in masks) / sum(int(m.sum()) for m in masks)
+
+    first = epoch(0)
+    # every row once per epoch
+    assert sorted(int(n) for m, _ in first for n in m.sum(1)) == sorted(lengths.tolist())
+    assert sum(len(y) for _, y in first) == len(lengths)
+    # less padding than the seeded shuffle the loader used before
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    random_masks = [torch.ones(len(b), int(lengths[b].max())) for b in
+                    (np.asarray(shuffled[i:i + 16]) for i in range(0, len(shuffled), 16))]
+    for b, m in zip((np.asarray(shuffled[i:i + 16]) for i in range(0, len(shuffled), 16)), random_masks):
+        for row, n in enumerate(lengths[b]):
+            m[row, n:] = 0
+    assert padded_per_real([m for m, _ in first]) < padded_per_real(random_masks)
+    # the same seed gives the same batches (a resumed trial skips exactly the batches it did), another seed not
+    again, other = epoch(0), epoch(1)
+    assert all(torch.equal(a, b) and torch.equal(x, y) for (a, x), (b, y) in zip(first, again))
+    assert any(a.shape != b.shape or not torch.equal(a, b) for (a, _), (b, _) in zip(first, other))
