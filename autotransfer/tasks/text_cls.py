@@ -411,9 +411,11 @@ class TextClassification(Task):
         data = prepared.splits[split]
         collate = _Collate(prepared, split)
         if train:
+            # generator=: the loader draws its base seed from it, not from the global RNG (dropout's, which a
+            # restored trial has just set back to where it stopped)
             return DataLoader(range(len(data)), batch_size=batch_size,
                               sampler=length_grouped_order(data.lengths, batch_size, seed), collate_fn=collate,
-                              pin_memory=pin_memory)
+                              generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)
         # evaluation: similar lengths together, so batches pad little
         return DataLoader(range(len(data)), batch_sampler=length_sorted_batches(data.lengths, batch_size),
                           collate_fn=collate, pin_memory=pin_memory)
