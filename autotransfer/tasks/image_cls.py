@@ -107,7 +107,7 @@ class _Collate:
         pix = torch.from_numpy(self.split.pixels[np.asarray(idx)]).permute(0, 3, 1, 2)  # N,3,S,S uint8
         images = torch.stack([self.transform(img) for img in pix])
         x = self.normalize(v2.functional.to_dtype(images, torch.float32, scale=True))
-        return {"x": channels_last(x)}, torch.from_numpy(self.split.labels[np.asarray(idx)])
+        return {"x": x}, torch.from_numpy(self.split.labels[np.asarray(idx)])
 
 
 def _compile_kinds(matcher: Mapping[str, Any]) -> list[tuple[re.Pattern, str]]:
@@ -267,7 +267,8 @@ class ImageClassification(Task):
         return prepared.splits[split].labels
 
     def logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(inputs["x"])
+        # here, on the batch's device, rather than in the loader: a pinned copy to the GPU need not keep the layout
+        return model(channels_last(inputs["x"]))
 
     # ----------------------------------------------------------------- export
     def export(self, model: nn.Module, backbone: BackboneInfo, label_names: list[str], out: Path) -> None:
