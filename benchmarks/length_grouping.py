@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import provenance  # noqa: E402
+from feature_cache import _Settings  # noqa: E402  (the settings a task's prepare() reads)
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = REPO.parent / "shared" / "models" / "text"
@@ -42,13 +43,6 @@ RECIPE = {"strategy": "full", "lr": 2e-5, "head_lr": 2e-5, "layer_decay": 1.0, "
 #: (backbone folder, config)
 TRIALS = [("all-MiniLM-L6-v2", RECIPE), ("paraphrase-MiniLM-L3-v2", RECIPE),
           ("all-MiniLM-L6-v2", {**RECIPE, "lr": 1e-4, "head_lr": 1e-4, "warmup_ratio": 0.1})]
-
-
-class _Settings:
-    trust_remote_code, max_length, cpus_per_trial = False, None, 2
-
-    def __init__(self, data: Path):
-        self.data = data
 
 
 def _random_order(lengths, batch_size: int, seed: int):
