@@ -233,7 +233,8 @@ def main() -> None:
                     "throughput_autotransfer_over_plain": ">= 0.9" if cuda else ">= 0.95"},
     }
     if cuda:
-        out["autotransfer"]["gpu_memory_peak_mb"] = median("autotransfer", "gpu_memory_peak_mb")
+        peaks = [r["gpu_memory_peak_mb"] for r in runs["autotransfer"] if r.get("gpu_memory_peak_mb") is not None]
+        out["autotransfer"]["gpu_memory_peak_mb"] = max(peaks, default=None)  # the highest of the repeats
     out_path.write_text(json.dumps(out, indent=2))
     print(json.dumps(out["ratios"], indent=2))
 
