@@ -16,6 +16,16 @@ sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
+class PrepareSettings:
+    """The settings a task's ``describe_backbone()`` and ``prepare()`` read, for benchmarks that call a task
+    directly (without the CLI): the data path, no remote code, the default max length."""
+
+    trust_remote_code, max_length = False, None
+
+    def __init__(self, data: Path, cpus_per_trial: int = 2):
+        self.data, self.cpus_per_trial = data, cpus_per_trial
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     try:

@@ -33,18 +33,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import PrepareSettings, provenance  # noqa: E402
 from robustness import SOURCES, _read  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
-
-
-class _Settings:
-    trust_remote_code, max_length, cpus_per_trial = False, None, 2
-
-    def __init__(self, data: Path):
-        self.data = data
 
 
 def _median_time(fn, repeats: int):
@@ -62,8 +55,8 @@ def case(task_name: str, backbone: str, splits, data: Path, repeats: int) -> dic
     from autotransfer.training import TrialContext, train
 
     task = get_task(task_name)
-    info = task.describe_backbone(backbone, _Settings(data))
-    prepared, _ = task.prepare([info], splits, _Settings(data))
+    info = task.describe_backbone(backbone, PrepareSettings(data))
+    prepared, _ = task.prepare([info], splits, PrepareSettings(data))
     ctx = TrialContext(task=task_name, backbones={info.name: info}, prepared=prepared,
                        label_names=splits.label_names, threads=2)
     config = {"backbone": info.name, "strategy": "linear_probe", "C": 1.0, "batch_size": 32}

@@ -33,8 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
-from feature_cache import _Settings  # noqa: E402  (the settings a task's prepare() reads)
+from _common import PrepareSettings, provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = REPO.parent / "shared" / "models" / "text"
@@ -110,8 +109,8 @@ def main() -> None:
         floor = DEFAULT_MIN_STEPS if args.min_steps is None else args.min_steps
         budget = derive_budget(len(splits.split("train").labels), 32, 3, 2, 2, min_steps=floor)
         for model, config in TRIALS[:args.trials]:
-            info = task.describe_backbone(str(TEXT / model), _Settings(search_dir))
-            prepared, _ = task.prepare([info], splits, _Settings(search_dir))
+            info = task.describe_backbone(str(TEXT / model), PrepareSettings(search_dir))
+            prepared, _ = task.prepare([info], splits, PrepareSettings(search_dir))
             row: dict = {"data": f"{source}:{args.rows}", "backbone": model, "lr": config["lr"],
                          "train_examples": len(splits.split("train").labels),
                          "test_examples": len(splits.split("validation").labels)}

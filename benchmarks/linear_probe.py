@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import PrepareSettings, provenance  # noqa: E402
 from robustness import SOURCES, _read  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,20 +44,13 @@ TEXT_SETS = {"sst2": SOURCES["sst2"], "subj": SOURCES["subj"],
              "sst5": (SHARED / "data" / "sst5" / "train.csv", SHARED / "data" / "sst5" / "dev.csv", {})}
 
 
-class _Settings:
-    trust_remote_code, max_length, cpus_per_trial = False, None, 1
-
-    def __init__(self, data: Path):
-        self.data = data
-
-
 def _trial(task_name: str, backbone: str, splits, data: Path) -> tuple[float, float]:
     from autotransfer.tasks import get_task
     from autotransfer.training import TrialContext, train
 
     task = get_task(task_name)
-    info = task.describe_backbone(backbone, _Settings(data))
-    prepared, _ = task.prepare([info], splits, _Settings(data))
+    info = task.describe_backbone(backbone, PrepareSettings(data, cpus_per_trial=1))
+    prepared, _ = task.prepare([info], splits, PrepareSettings(data, cpus_per_trial=1))
     ctx = TrialContext(task=task_name, backbones={info.name: info}, prepared=prepared,
                        label_names=splits.label_names, threads=2)
     start = time.perf_counter()
@@ -124,8 +117,8 @@ def image_pairs() -> list[dict]:
     for model_dir in IMAGE:
         name = f"local-dir:{model_dir}"
         trial, seconds = _trial("image-cls", name, splits, data)
-        info = task.describe_backbone(name, _Settings(data))
-        prepared, _ = task.prepare([info], splits, _Settings(data))
+        info = task.describe_backbone(name, PrepareSettings(data, cpus_per_trial=1))
+        prepared, _ = task.prepare([info], splits, PrepareSettings(data, cpus_per_trial=1))
         model = timm.create_model(info.source, pretrained=True, num_classes=0).eval()
 
         def feats(split):

@@ -208,9 +208,12 @@ def main() -> None:
               f"{runs['plain'][-1]['samples_per_s']:.1f}/s, autotransfer {runs['autotransfer'][-1]['wall_s']:.1f} s "
               f"{runs['autotransfer'][-1]['samples_per_s']:.1f}/s", flush=True)
 
-    def median(side: str, key: str) -> float:
-        return float(statistics.median(r[key] for r in runs[side]))
+    def summary(side: str, *keys: str) -> dict:
+        """Each key's median over the side's runs."""
+        return {key: float(statistics.median(r[key] for r in runs[side])) for key in keys}
 
+    plain_med = summary("plain", "wall_s", "samples_per_s")
+    at_med = summary("autotransfer", "wall_s", "samples_per_s", "first_result_s")
     pairs = [{"wall_time": a["wall_s"] / b["wall_s"], "throughput": a["samples_per_s"] / b["samples_per_s"]}
              for a, b in zip(runs["autotransfer"], runs["plain"])]
     out = {
@@ -219,15 +222,11 @@ def main() -> None:
         "setup": {"model": args.model.name, "strategy": "full", "rows": args.rows, "epochs": args.epochs, **CONFIG,
                   "max_length": MAX_LENGTH, "threads": 2, "device": args.device, "precision": precision,
                   "repeats": args.repeats},
-        "plain": {"wall_s": median("plain", "wall_s"), "samples_per_s": median("plain", "samples_per_s"),
-                  "val_accuracy": runs["plain"][-1]["val_accuracy"], "runs": runs["plain"]},
-        "autotransfer": {"wall_s": median("autotransfer", "wall_s"),
-                         "samples_per_s": median("autotransfer", "samples_per_s"),
-                         "val_accuracy": runs["autotransfer"][-1]["val_accuracy"],
-                         "first_result_s": median("autotransfer", "first_result_s"), "runs": runs["autotransfer"]},
-        "ratios": {"wall_time_autotransfer_over_plain": median("autotransfer", "wall_s") / median("plain", "wall_s"),
-                   "throughput_autotransfer_over_plain":
-                       median("autotransfer", "samples_per_s") / median("plain", "samples_per_s")},
+        "plain": {**plain_med, "val_accuracy": runs["plain"][-1]["val_accuracy"], "runs": runs["plain"]},
+        "autotransfer": {**at_med, "val_accuracy": runs["autotransfer"][-1]["val_accuracy"],
+                         "runs": runs["autotransfer"]},
+        "ratios": {"wall_time_autotransfer_over_plain": at_med["wall_s"] / plain_med["wall_s"],
+                   "throughput_autotransfer_over_plain": at_med["samples_per_s"] / plain_med["samples_per_s"]},
         "pair_ratios": pairs,
         "targets": {"wall_time_autotransfer_over_plain": "<= 1.15",
                     "throughput_autotransfer_over_plain": ">= 0.9" if cuda else ">= 0.95"},
