@@ -18,6 +18,7 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -386,7 +387,7 @@ class _Search:
                            metric=s.metric, max_epochs=s.max_epochs, evals_per_epoch=s.evals_per_epoch,
                            precision=s.precision, threads=s.torch_threads, seed=s.seed,
                            use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code, shipped=shipped,
-                           budget=budget, features=features)
+                           budget=budget, features=features, search_id=uuid.uuid4().hex)
         meta = RunInfo(
             run_name=s.run_name, task=s.task, metric=s.metric, command=s.command,
             data=summary, space=space.to_dict(), dashboard=cluster.dashboard_url,

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from autotransfer.budget import Budget, derive_budget
+from autotransfer.prefix_cache import FROZEN as FROZEN_PREFIX, NotReplayable, verify
 from autotransfer.results import FINISHED, VAL_EXAMPLES
 from autotransfer.strategies import Adapted, Strategy, count_parameters, get_strategy
 from autotransfer.checkpoints import (FILES, STATE_FILE, WEIGHTS_FILE, Checkpointer, Reporter, load_best,
@@ -42,6 +43,9 @@ from autotransfer.tasks import BackboneInfo, Task, get_task
 THREAD_TIMEOUT_S = 30
 #: a head-fitting trial's report: whether it fitted on the search's frozen features (autotransfer.features)
 CACHED_FEATURES = "cached_features"
+#: a ``freeze`` trial's report: how its frozen bottom's outputs were had (autotransfer.prefix_cache): "computed in
+#: 1.2s", "reused", or "off: <why>"
+PREFIX_CACHE = "prefix_cache"
 #: how often (in steps) the loss is checked for NaN/inf between evaluations
 FINITE_CHECK_EVERY = 25
 
@@ -73,6 +77,11 @@ class TrialContext:
     #: backbone -> what its head sees over the training (and validation) split, computed once before the trials
     #: (``autotransfer.features.FrozenFeatures``); a backbone not here computes its own
     features: dict[str, Any] = field(default_factory=dict)
+    #: replay a ``freeze`` trial's frozen bottom from its outputs computed once (autotransfer.prefix_cache)
+    prefix_cache: bool = True
+    #: the search these trials belong to: a worker keeps prefix outputs under it for its later trials ("": a
+    #: trial keeps its own only)
+    search_id: str = ""
 
     def budget_for(self, train_examples: int, batch_size: int) -> Budget:
         return self.budget or derive_budget(train_examples, batch_size, self.max_epochs, self.evals_per_epoch, 1,
@@ -138,11 +147,13 @@ def train_mode(model: nn.Module) -> None:
 
     A frozen BatchNorm in training mode would still renormalise with each batch and overwrite its
     pretrained statistics, corrupting the "frozen" features (linear probe, freeze depth, LoRA on CNNs).
+    A strategy's frozen prefix (:meth:`~autotransfer.strategies.Strategy.frozen_prefix`) stays in eval mode
+    whole: no dropout either, a fixed feature extractor (:mod:`autotransfer.prefix_cache`).
     """
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-                p.requires_grad for p in m.parameters(recurse=False)):
+        if getattr(m, FROZEN_PREFIX, False) or (isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters(recurse=False))):
             m.eval()
 
 
@@ -323,75 +334,123 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
         adapted = strategy.apply(bundle, config, phase)  # type: ignore[arg-type]
         train_mode(model)
         common["trainable_params"] = count_parameters(model)[0]
-    optimizer, scheduler = _optimization(adapted.param_groups, config, device, step, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
-    if restore_dir is not None and state.get("resumable"):
-        restore_optimization(restore_dir, optimizer, scaler)  # exactly where the trial stopped
-    smoothing = float(config.get("label_smoothing", 0.0))
-    last: dict[str, Any] = {}
-    loss_sum = torch.zeros((), device=device)
-    loss_n, seen, train_time = 0, 0, 0.0
-    for epoch in range(step // steps_per_epoch, math.ceil(total_steps / steps_per_epoch)):
-        if should_stop is not None and should_stop():
-            break
-        loader = task.batches(prepared, "train", batch_size, train=True, seed=ctx.seed + epoch,
-                              pin_memory=device.type == "cuda", config=config)
-        skip = step - epoch * steps_per_epoch  # batches already done before a restore
-        t0 = time.perf_counter()
-        for i, (inputs, labels) in enumerate(loader):
-            if i < skip:
-                continue
-            if step >= total_steps or (should_stop is not None and should_stop()):
+    replay, prefix_note = _frozen_prefix(strategy, bundle, starts, config, ctx, task, prepared, batch_size, device,
+                                         dtype)
+    if prefix_note is not None:
+        common[PREFIX_CACHE] = prefix_note
+    verified = False  # the replay is checked against the model on the first batch
+    try:
+        optimizer, scheduler = _optimization(adapted.param_groups, config, device, step, total_steps)
+        scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
+        if restore_dir is not None and state.get("resumable"):
+            restore_optimization(restore_dir, optimizer, scaler)  # exactly where the trial stopped
+        smoothing = float(config.get("label_smoothing", 0.0))
+        last: dict[str, Any] = {}
+        loss_sum = torch.zeros((), device=device)
+        loss_n, seen, train_time = 0, 0, 0.0
+        for epoch in range(step // steps_per_epoch, math.ceil(total_steps / steps_per_epoch)):
+            if should_stop is not None and should_stop():
                 break
-            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-            labels = to_device(labels, device)
-            with _autocast(device, dtype):
-                logits = task.logits(model, inputs)
-            loss = task.objective.loss(logits, labels, label_smoothing=smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            if phase < len(starts) and step == starts[phase]:  # the strategy's next phase: what trains changes
-                phase += 1
-                adapted = strategy.apply(bundle, config, phase)  # type: ignore[arg-type]
-                optimizer, scheduler = _optimization(adapted.param_groups, config, device, step, total_steps,
-                                                     previous=optimizer)
-                train_mode(model)
-                common["trainable_params"] = count_parameters(model)[0]
-            loss_sum += loss.detach()
-            loss_n += 1
-            seen += len(next(iter(inputs.values())))
-            if step % FINITE_CHECK_EVERY == 0 or step in evals:
-                _check_finite(loss_sum, step)
-            if step in evals:
-                train_time += time.perf_counter() - t0
-                metrics, preds = evaluate(model, task, prepared, "validation", batch_size, device, dtype)
-                last = {
-                    **{k: v for k, v in metrics.items() if k != "loss"},
-                    "val_loss": metrics["loss"],
-                    "train_loss": float(loss_sum) / max(1, loss_n),
-                    "epoch": round(step / steps_per_epoch, 4),
-                    "step": step,
-                    "samples_per_s": seen / train_time if train_time > 0 else 0.0,
-                    "batch_size_used": batch_size,
-                    **common,
-                    **_gpu_memory(device, gpu_at_start),
-                }
-                if step == total_steps:
-                    last[FINISHED] = True
-                loss_sum.zero_()
-                loss_n = 0
-                checkpoints.evaluation(model, last, preds, step, phase, optimizer, scaler)
-                t0 = time.perf_counter()
-        # the steps since the epoch's last evaluation count too (rounds stretched past an epoch: samples_per_s
-        # was several times too high when the time of an epoch's tail was dropped here)
-        train_time += time.perf_counter() - t0
-    return last
+            batches = task.indexed_batches if replay is not None else task.batches  # the same batches, in order
+            loader = batches(prepared, "train", batch_size, train=True, seed=ctx.seed + epoch,
+                             pin_memory=device.type == "cuda", config=config)
+            skip = step - epoch * steps_per_epoch  # batches already done before a restore
+            t0 = time.perf_counter()
+            for i, (inputs, labels, *where) in enumerate(loader):
+                if i < skip:
+                    continue
+                if step >= total_steps or (should_stop is not None and should_stop()):
+                    break
+                inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+                labels = to_device(labels, device)
+                if replay is not None and not verified:
+                    try:
+                        verify(task, model, replay, inputs, where[0], device, dtype)
+                        verified = True
+                    except NotReplayable as exc:  # the trial goes on computing its frozen bottom every step
+                        replay.remove()
+                        replay = None
+                        common[PREFIX_CACHE] = f"off: {exc}"
+                if replay is not None:
+                    replay.load(where[0], inputs, device)
+                with _autocast(device, dtype):
+                    logits = task.logits(model, inputs)
+                if replay is not None:
+                    replay.clear()
+                loss = task.objective.loss(logits, labels, label_smoothing=smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                if phase < len(starts) and step == starts[phase]:  # the strategy's next phase: what trains changes
+                    phase += 1
+                    adapted = strategy.apply(bundle, config, phase)  # type: ignore[arg-type]
+                    optimizer, scheduler = _optimization(adapted.param_groups, config, device, step, total_steps,
+                                                         previous=optimizer)
+                    train_mode(model)
+                    common["trainable_params"] = count_parameters(model)[0]
+                loss_sum += loss.detach()
+                loss_n += 1
+                seen += len(next(iter(inputs.values())))
+                if step % FINITE_CHECK_EVERY == 0 or step in evals:
+                    _check_finite(loss_sum, step)
+                if step in evals:
+                    train_time += time.perf_counter() - t0
+                    metrics, preds = evaluate(model, task, prepared, "validation", batch_size, device, dtype)
+                    last = {
+                        **{k: v for k, v in metrics.items() if k != "loss"},
+                        "val_loss": metrics["loss"],
+                        "train_loss": float(loss_sum) / max(1, loss_n),
+                        "epoch": round(step / steps_per_epoch, 4),
+                        "step": step,
+                        "samples_per_s": seen / train_time if train_time > 0 else 0.0,
+                        "batch_size_used": batch_size,
+                        **common,
+                        **_gpu_memory(device, gpu_at_start),
+                    }
+                    if step == total_steps:
+                        last[FINISHED] = True
+                    loss_sum.zero_()
+                    loss_n = 0
+                    checkpoints.evaluation(model, last, preds, step, phase, optimizer, scaler)
+                    t0 = time.perf_counter()
+            # the steps since the epoch's last evaluation count too (rounds stretched past an epoch: samples_per_s
+            # was several times too high when the time of an epoch's tail was dropped here)
+            train_time += time.perf_counter() - t0
+        return last
+    finally:
+        if replay is not None:
+            replay.remove()
+
+
+def _frozen_prefix(strategy: Strategy, bundle: Any, starts: list[int], config: Mapping[str, Any], ctx: TrialContext,
+                   task: Task, prepared: Any, batch_size: int, device: torch.device,
+                   dtype: Optional[torch.dtype]) -> tuple[Any, Optional[str]]:
+    """A trial whose strategy keeps a bottom part frozen throughout: that part in eval mode, and its replay from
+    outputs computed once where it can be (:mod:`autotransfer.prefix_cache`); with a note for the report."""
+    from autotransfer import prefix_cache
+
+    depth = strategy.frozen_prefix(config, bundle) if bundle is not None and not starts else None
+    if depth is None:
+        return None, None
+    modules, loose = prefix_cache.prefix_modules(bundle.model, bundle, depth)
+    prefix_cache.mark_frozen(modules)
+    train_mode(bundle.model)
+    if depth == 0:  # the stem alone (embeddings): cheaper to compute than to keep
+        return None, "off: nothing frozen above the stem"
+    if not ctx.prefix_cache:
+        return None, "off: turned off"
+    if loose:
+        return None, f"off: {loose[0]} is frozen but not in a module of the frozen part"
+    key = (ctx.search_id, config["backbone"], depth, str(device), str(dtype)) if ctx.search_id else None
+    try:
+        return prefix_cache.attach(task, bundle.model, modules, key, prepared, batch_size, device, dtype, config)
+    except prefix_cache.NotReplayable as exc:
+        return None, f"off: {exc}"
 
 
 def loader_order(task: Task, prepared: Any, split: str, batch_size: int) -> np.ndarray:
@@ -556,8 +615,9 @@ def refit(config: Mapping[str, Any], ctx: TrialContext, epochs: float, folder: P
     budget = Budget(train_examples=n, max_batch_size=batch, rounds=1, grace_rounds=1, examples_per_round=steps * batch,
                     min_steps=0)
     # features=: the search's frozen features cover the training split only, not train + validation
+    # and search_id=: a worker's kept frozen-prefix outputs are the training split's too
     refit_ctx = dataclasses.replace(ctx, prepared={**ctx.prepared, backbone: prepared}, budget=budget,
-                                    threads=threads or ctx.threads, features={})
+                                    threads=threads or ctx.threads, features={}, search_id="")
     folder.mkdir(parents=True, exist_ok=True)
 
     def keep(metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from autotransfer.entities import ENTITY_METRICS
@@ -150,3 +151,19 @@ def test_a_decoder_tags_words_too(ner_dir, tiny_gpt2):
     train({"backbone": info.name, "strategy": "full", "lr": 5e-3, "head_lr": 5e-3, "batch_size": 16}, ctx,
           lambda m, c: full.append(m))
     assert full[-1]["val_loss"] < full[0]["val_loss"] and full[-1]["entity_f1"] > 0.5, full
+
+
+def test_a_freeze_trial_replays_its_frozen_bottom_on_tagged_windows(ner_dir, tiny_tagger):
+    import dataclasses
+
+    splits, info, data, _ = _prepared(ner_dir, tiny_tagger)
+    ctx = TrialContext(task="token-cls", backbones={info.name: info}, prepared={info.name: data},
+                       label_names=splits.label_names, metric="entity_f1", max_epochs=2, evals_per_epoch=1)
+    config = {"backbone": info.name, "strategy": "freeze", "freeze_depth": 1, "lr": 5e-3, "batch_size": 16}
+    losses = {}
+    for on in (False, True):
+        reports = []
+        last = train(config, dataclasses.replace(ctx, prefix_cache=on), lambda m, c: reports.append(m))
+        assert last["prefix_cache"].startswith("computed") if on else last["prefix_cache"] == "off: turned off", last
+        losses[on] = [r["train_loss"] for r in reports]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)  # the same trial, its bottom replayed

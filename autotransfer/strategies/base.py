@@ -108,6 +108,13 @@ class Strategy:
         """(weight, bias) of the final linear layer fitted on ``features`` (``fits_head_on_features`` only)."""
         raise NotImplementedError
 
+    def frozen_prefix(self, config: Mapping[str, Any], bundle: ModelBundle) -> Optional[int]:
+        """How many bottom blocks (with the stem) stay frozen for the whole trial, or None when what is frozen is not
+        a fixed bottom part (nothing, LoRA's base weights, phases that unfreeze).  That prefix runs in eval mode,
+        a fixed feature extractor like a linear probe's backbone, and its output can be computed once
+        (:mod:`autotransfer.prefix_cache`)."""
+        return None
+
     def finalize(self, model: nn.Module) -> nn.Module:
         """A plain model in its library's format, for export (e.g. LoRA merged)."""
         return model

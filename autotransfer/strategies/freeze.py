@@ -1,12 +1,14 @@
 """``freeze``: the stem (embeddings) and the bottom ``freeze_depth`` blocks are frozen.
 
 Depth 0 freezes only the stem; depth ``num_layers`` freezes every block, leaving the
-tail (pooler, final norm) and the head to train.
+tail (pooler, final norm) and the head to train.  The frozen part runs in eval mode (no dropout, BatchNorm
+statistics kept): a fixed feature extractor, whose output a trial computes once rather than every epoch
+(:mod:`autotransfer.prefix_cache`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from autotransfer.strategies import register_strategy
 from autotransfer.strategies.base import Adapted, ModelBundle, Strategy, set_trainable
@@ -34,3 +36,6 @@ class Freeze(Strategy):
         groups = [{"params": bundle.params(trainable), "lr": lr},
                   {"params": bundle.params(bundle.head), "lr": head_lr}]
         return Adapted(bundle.model, self.only_trainable(groups))
+
+    def frozen_prefix(self, config: Mapping[str, Any], bundle: ModelBundle) -> Optional[int]:
+        return max(0, min(int(config.get("freeze_depth") or 0), bundle.num_layers))

@@ -51,6 +51,18 @@ class PreparationStats:
                 "preparation_seconds": round(self.seconds, 3)}
 
 
+
+class IndexedCollate:
+    """A loader's ``collate_fn`` that also hands back the split positions of the batch's rows (see
+    :meth:`Task.indexed_batches`): ``(inputs, labels, positions)``."""
+
+    def __init__(self, collate: Any):
+        self.collate = collate
+
+    def __call__(self, idx: list[int]) -> tuple[Any, Any, np.ndarray]:
+        inputs, labels = self.collate(idx)
+        return inputs, labels, np.asarray(idx, dtype=np.int64)
+
 class Task:
     """Base class of a task implementation; see :class:`~autotransfer.tasks.text_cls.TextClassification`.
 
@@ -109,6 +121,15 @@ class Task:
                 pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None) -> Iterable[Batch]:
         """Batches of a prepared split; shuffled when ``train``."""
         raise NotImplementedError
+
+    def indexed_batches(self, prepared: Any, split: str, batch_size: int, *, train: bool, seed: int = 0,
+                        pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None,
+                        ) -> Optional[Iterable[tuple[Any, Any, np.ndarray]]]:
+        """The batches :meth:`batches` yields, in the same order, each with the split positions of its rows as a
+        third item -- or None where a batch's inputs are not a fixed function of those rows (random augmentation
+        under ``config``) or the task does not say.  What the frozen-prefix cache (:mod:`autotransfer.prefix_cache`)
+        needs to look a batch's rows up; None turns it off."""
+        return None
 
     def num_examples(self, prepared: Any, split: str) -> int:
         raise NotImplementedError

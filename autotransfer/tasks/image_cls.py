@@ -30,7 +30,7 @@ from autotransfer.images import IMAGE_SUFFIXES, decode_images
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 from autotransfer.tasks import register_task
-from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats, Task
+from autotransfer.tasks.base import BackboneInfo, Batch, IndexedCollate, PreparationStats, Task
 
 LOCAL = "local-dir:"
 AUGMENTATIONS = ("none", "light", "strong")
@@ -252,6 +252,22 @@ class ImageClassification(Task):
             torch.manual_seed(seed)  # per-sample augmentation draws from the global generator
             return DataLoader(range(n), batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate,
                               pin_memory=pin_memory)
+        return DataLoader(range(n), batch_size=batch_size, shuffle=False, collate_fn=collate, pin_memory=pin_memory)
+
+    def indexed_batches(self, prepared: ImageData, split: str, batch_size: int, *, train: bool, seed: int = 0,
+                        pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None,
+                        ) -> Optional[Iterable[tuple[Batch, np.ndarray]]]:
+        """Only without augmentation (``augment: none``): a randomly cropped image is not a fixed function of
+        its row."""
+        augment = str((config or {}).get("augment", "light")) if train else "none"
+        if augment != "none":
+            return None
+        n = len(prepared.splits[split])
+        collate = IndexedCollate(_Collate(prepared, split, augment))
+        if train:  # the order batches() yields, and the global generator where batches() leaves it
+            torch.manual_seed(seed)
+            return DataLoader(range(n), batch_size=batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed), collate_fn=collate, pin_memory=pin_memory)
         return DataLoader(range(n), batch_size=batch_size, shuffle=False, collate_fn=collate, pin_memory=pin_memory)
 
     def num_examples(self, prepared: ImageData, split: str) -> int:

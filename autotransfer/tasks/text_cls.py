@@ -31,7 +31,7 @@ from autotransfer.errors import UserError
 from autotransfer.recipes import Recipe
 from autotransfer.strategies.base import ModelBundle
 from autotransfer.tasks import register_task
-from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats, Task
+from autotransfer.tasks.base import BackboneInfo, Batch, IndexedCollate, PreparationStats, Task
 
 #: the max length covers this percentile of the training texts' token counts
 LENGTH_PERCENTILE = 99.0
@@ -408,8 +408,19 @@ class TextClassification(Task):
     # ---------------------------------------------------------------- batches
     def batches(self, prepared: TokenizedData, split: str, batch_size: int, *, train: bool, seed: int = 0,
                 pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None) -> Iterable[Batch]:
+        return self._loader(prepared, split, batch_size, train, seed, pin_memory, _Collate(prepared, split))
+
+    def indexed_batches(self, prepared: TokenizedData, split: str, batch_size: int, *, train: bool, seed: int = 0,
+                        pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None,
+                        ) -> Iterable[tuple[Batch, np.ndarray]]:
+        """Token ids are a fixed function of the rows: always."""
+        return self._loader(prepared, split, batch_size, train, seed, pin_memory,
+                            IndexedCollate(_Collate(prepared, split)))
+
+    @staticmethod
+    def _loader(prepared: TokenizedData, split: str, batch_size: int, train: bool, seed: int, pin_memory: bool,
+                collate: Any) -> DataLoader:
         data = prepared.splits[split]
-        collate = _Collate(prepared, split)
         if train:
             # generator=: the loader draws its base seed from it, not from the global RNG (dropout's, which a
             # restored trial has just set back to where it stopped)

@@ -31,7 +31,7 @@ from autotransfer.errors import UserError
 from autotransfer.objective import IGNORE
 from autotransfer.recipes import Recipe
 from autotransfer.tasks import register_task
-from autotransfer.tasks.base import BackboneInfo, Batch, PreparationStats
+from autotransfer.tasks.base import BackboneInfo, Batch, IndexedCollate, PreparationStats
 from autotransfer.tasks.text_cls import (TextClassification, length_sorted_batches, pad_rows, quiet_transformers,
                                          window_length)
 from autotransfer.token_windows import Windows, tokenize_tagged, word_scores
@@ -199,6 +199,17 @@ class TokenClassification(TextClassification):
         return DataLoader(range(data.sentences), batch_sampler=length_sorted_batches(data.sentence_lengths(),
                                                                                       batch_size),
                           collate_fn=_WindowCollate(prepared, split, sentences=True), pin_memory=pin_memory)
+
+    def indexed_batches(self, prepared: WindowData, split: str, batch_size: int, *, train: bool, seed: int = 0,
+                        pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None,
+                        ) -> Optional[Iterable[tuple[Batch, np.ndarray]]]:
+        """Training windows with their positions (evaluation batches are sentences: None)."""
+        if not train:
+            return None
+        data = prepared.splits[split]
+        return DataLoader(range(data.windows), batch_size=batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
+                          collate_fn=IndexedCollate(_WindowCollate(prepared, split, sentences=False)))
 
     def num_examples(self, prepared: WindowData, split: str) -> int:
         """Training: the windows an epoch iterates over; otherwise the sentences that are scored."""

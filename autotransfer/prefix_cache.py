@@ -1,0 +1,270 @@
+"""A ``freeze`` trial's frozen bottom computed once, not every epoch.
+
+A trial that keeps the stem and the bottom ``k`` blocks frozen for its whole length
+(:meth:`~autotransfer.strategies.Strategy.frozen_prefix`: the ``freeze`` strategy) runs them in eval mode,
+a fixed feature extractor like a linear probe's backbone.  When a batch's inputs are a fixed function of
+its rows (text; images with ``augment: none``: :meth:`~autotransfer.tasks.Task.indexed_batches`), so is
+that prefix's output.  It is computed here once, in one eval-mode pass over the training split that stops
+after block ``k``, kept per row (a text row without its padding) and *replayed*: the frozen modules'
+``forward`` hands back the batch's rows instead of computing them, and a training step runs only the
+blocks above.  On small data a trial trains for many epochs (the step floor), so the frozen bottom was
+recomputed tens of times per trial.
+
+Generic, with no per-architecture code: the prefix is the largest modules whose parameters all lie in the
+stem and the frozen blocks; each such module's output structure (a tensor, or a tuple led by one) is
+recorded in the pass and rebuilt around the replayed rows.  The replay is checked on the trial's first
+batch against the model itself (eval mode, the same logits within float tolerance); where it does not
+hold -- a frozen parameter outside those modules (a ViT's position embedding), rows past the size limit,
+logits that differ -- the trial trains as before, and its report says why (``prefix_cache``).
+
+The rows are kept in the worker process, keyed by the search, backbone and depth, so a later trial of the
+same (backbone, depth) that Ray runs in the same worker (it reuses workers) skips the pass too; at most
+:data:`LIMIT_MB` in all, least recently used dropped first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from autotransfer.strategies.base import ModelBundle
+
+#: the most memory the kept prefix outputs of one worker process may take, in MiB
+LIMIT_MB = 1024
+#: a module attribute :func:`autotransfer.training.train_mode` reads: keep this module in eval mode
+FROZEN = "_autotransfer_frozen_prefix"
+#: how often rows were computed and reused in this process (the tests count them)
+STATS = {"computed": 0, "reused": 0}
+
+
+class NotReplayable(RuntimeError):
+    """The prefix cannot be replayed for this trial; the one-line reason."""
+
+
+@dataclass
+class PrefixRows:
+    """The frozen prefix's output for every training row, and how each replaced module returns it."""
+
+    rows: list[torch.Tensor]
+    #: rows are cut at their attention mask's length (dimension 0 of a row), padded back per batch
+    ragged: bool
+    #: module name -> its output structure: () for a tensor, else the items after the leading tensor
+    kinds: dict[str, tuple]
+    seconds: float
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.numel() * r.element_size() for r in self.rows)
+
+
+_STORE: "OrderedDict[tuple, PrefixRows]" = OrderedDict()
+
+
+def prefix_modules(model: nn.Module, bundle: ModelBundle, depth: int) -> tuple[list[tuple[str, nn.Module]], list[str]]:
+    """The frozen prefix as modules, in registration order: for the stem and for each of the bottom ``depth``
+    blocks, the largest modules whose parameters all belong to it (a block's own module, not the encoder that
+    holds all blocks: its output is a structure, a block's is a tensor); and the frozen parameters that lie in
+    none of them (held by a module that also holds others, such as a ViT's position embedding)."""
+    groups = [set(bundle.stem)] + [set(block) for block in bundle.blocks[:depth]]
+    chosen: list[tuple[str, nn.Module]] = []
+    covered: set[str] = set()
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(c + ".") for c, _ in chosen):
+            continue
+        params = {f"{name}.{p}" for p, _ in module.named_parameters()}
+        if params and any(params <= group for group in groups):
+            chosen.append((name, module))
+            covered |= params
+    return chosen, sorted(set().union(*groups) - covered)
+
+
+def mark_frozen(modules: Iterable[tuple[str, nn.Module]]) -> None:
+    """Keep these modules in eval mode while the model trains (see :func:`autotransfer.training.train_mode`)."""
+    for _, module in modules:
+        setattr(module, FROZEN, True)
+
+
+class _Stop(Exception):
+    """Raised by the last prefix module's hook: the rest of the forward pass is not needed."""
+
+
+def _kind(name: str, out: Any) -> tuple:
+    if isinstance(out, torch.Tensor):
+        return ()
+    if isinstance(out, tuple) and type(out) is tuple and out and isinstance(out[0], torch.Tensor) and not any(
+            isinstance(o, torch.Tensor) for o in out[1:]):
+        return tuple(out[1:])
+    raise NotReplayable(f"{name} returns a {type(out).__name__}, not a tensor")
+
+
+def _lengths(state: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> Optional[torch.Tensor]:
+    """Each row's real length when ``state`` is (batch, position, ...) over a right-padded attention mask."""
+    mask = inputs.get("attention_mask")
+    if mask is None or state.dim() < 3 or tuple(state.shape[:2]) != tuple(mask.shape):
+        return None
+    return mask.sum(1)
+
+
+@torch.no_grad()  # not inference mode: the rows feed layers that train, and autograd saves its inputs
+def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module]], prepared: Any, batch_size: int,
+                 device: torch.device, dtype: Optional[torch.dtype], config: Mapping[str, Any],
+                 limit_bytes: int) -> PrefixRows:
+    """One eval-mode pass over the training split, stopped after the last prefix module: its output per row."""
+    from autotransfer.training import _autocast, train_mode
+
+    start = time.perf_counter()
+    last_name = modules[-1][0]
+    kinds: dict[str, tuple] = {}
+    captured: list[torch.Tensor] = []
+
+    def hook_for(name: str) -> Any:
+        def hook(_module: nn.Module, _args: Any, out: Any) -> None:
+            if name not in kinds:
+                kinds[name] = _kind(name, out)
+            if name == last_name:
+                captured.append(out if isinstance(out, torch.Tensor) else out[0])
+                raise _Stop
+
+        return hook
+
+    loader = task.indexed_batches(prepared, "train", batch_size, train=True, seed=0, config=config)
+    if loader is None:
+        raise NotReplayable("this task's training batches are not a fixed function of their rows")
+    rows: list[Optional[torch.Tensor]] = [None] * task.num_examples(prepared, "train")
+    ragged: Optional[bool] = None
+    size = 0
+    was_training = model.training
+    rng = torch.get_rng_state()  # a loader may seed the global generator: the trial's dropout draws stay its own
+    model.eval()
+    hooks = [m.register_forward_hook(hook_for(name)) for name, m in modules]
+    try:
+        for inputs, _labels, idx in loader:
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            try:
+                with _autocast(device, dtype):
+                    task.logits(model, inputs)
+            except _Stop:
+                pass
+            if not captured:
+                raise NotReplayable(f"{last_name} did not run in the forward pass")
+            state = captured.pop().detach()
+            lengths = _lengths(state, inputs)
+            ragged = lengths is not None if ragged is None else ragged
+            for j, i in enumerate(idx.tolist()):
+                row = state[j, :int(lengths[j])] if lengths is not None else state[j]
+                rows[i] = row.to("cpu", copy=True).contiguous()
+                size += rows[i].numel() * rows[i].element_size()
+            if size > limit_bytes:
+                raise NotReplayable(f"the frozen prefix's outputs pass the {limit_bytes / 2**20:.0f} MiB kept for them")
+    finally:
+        for h in hooks:
+            h.remove()
+        torch.set_rng_state(rng)
+        if was_training:
+            train_mode(model)
+    if any(r is None for r in rows):
+        raise NotReplayable("the training batches did not cover every row")
+    STATS["computed"] += 1
+    return PrefixRows(rows=rows, ragged=bool(ragged), kinds=kinds,  # type: ignore[arg-type]
+                      seconds=time.perf_counter() - start)
+
+
+class Replay:
+    """The prefix modules' ``forward`` replaced: with a batch loaded (:meth:`load`) they return its rows, otherwise
+    they compute as before (evaluation runs the whole model).  :meth:`remove` puts the modules back."""
+
+    def __init__(self, modules: list[tuple[str, nn.Module]], found: PrefixRows):
+        self.found = found
+        self.state: Optional[torch.Tensor] = None
+        self.modules = [(name, m) for name, m in modules if name in found.kinds]  # those the forward pass ran
+        for name, module in self.modules:
+            module.forward = self._forward(module.forward, found.kinds[name])  # instance attribute: this model only
+
+    def _forward(self, original: Any, kind: tuple) -> Any:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if self.state is None:
+                return original(*args, **kwargs)
+            return self.state if not kind else (self.state, *kind)
+
+        return forward
+
+    def load(self, idx: np.ndarray, inputs: Mapping[str, torch.Tensor], device: torch.device) -> None:
+        rows = [self.found.rows[i] for i in idx.tolist()]
+        if self.found.ragged:
+            state = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+            width = inputs["attention_mask"].shape[1]
+            if state.shape[1] < width:  # the batch pads past its longest row
+                state = nn.functional.pad(state, (0, 0) * (state.dim() - 2) + (0, width - state.shape[1]))
+        else:
+            state = torch.stack(rows)
+        self.state = state.to(device, non_blocking=True)
+
+    def clear(self) -> None:
+        self.state = None
+
+    def remove(self) -> None:
+        self.state = None
+        for _, module in self.modules:
+            if "forward" in module.__dict__:
+                del module.forward
+
+
+def verify(task: Any, model: nn.Module, replay: Replay, inputs: Mapping[str, torch.Tensor], idx: np.ndarray,
+           device: torch.device, dtype: Optional[torch.dtype]) -> None:
+    """The replayed model's logits on one batch match the model's own (eval mode), or :class:`NotReplayable`."""
+    from autotransfer.training import _autocast, train_mode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _autocast(device, dtype):
+            want = task.logits(model, inputs)
+            replay.load(idx, inputs, device)
+            try:
+                got = task.logits(model, inputs)
+            except Exception as exc:  # noqa: BLE001 - e.g. a module between the replaced ones reshapes
+                raise NotReplayable(f"the replayed forward pass fails: {type(exc).__name__}: {exc}".splitlines()[0]
+                                    ) from None
+            finally:
+                replay.clear()
+    finally:
+        if was_training:
+            train_mode(model)
+    mask = inputs.get("attention_mask")
+    if mask is not None and got.shape == want.shape and tuple(got.shape[:2]) == tuple(mask.shape):
+        keep = mask.bool()  # a tagger's logits at padded positions are not scored (and the replay pads with 0)
+        got, want = got[keep], want[keep]
+    # relative to the logits' own size: a fresh head's are small (weights drawn at std 0.02)
+    tol = 1e-4 if dtype is None else 5e-2
+    gap = float((got.float() - want.float()).abs().max()) if got.shape == want.shape else float("inf")
+    scale = float(want.float().abs().max())
+    if not gap <= tol * scale + 1e-6:
+        raise NotReplayable(f"replayed logits differ from the model's by up to {gap:.2g} (of {scale:.2g})")
+
+
+def attach(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module]], key: Optional[tuple],
+           prepared: Any, batch_size: int, device: torch.device, dtype: Optional[torch.dtype],
+           config: Mapping[str, Any], limit_mb: Optional[int] = None) -> tuple[Replay, str]:
+    """A :class:`Replay` of the prefix on ``model`` (rows kept under ``key``, or computed), and how they were had
+    (``computed`` / ``reused``).  :class:`NotReplayable` when they cannot be."""
+    limit_mb = LIMIT_MB if limit_mb is None else limit_mb
+    found = _STORE.get(key) if key is not None else None
+    if found is not None:
+        _STORE.move_to_end(key)  # type: ignore[arg-type]
+        STATS["reused"] += 1
+        how = "reused"
+    else:
+        found = compute_rows(task, model, modules, prepared, batch_size * 2, device, dtype, config,
+                             limit_mb * 2**20)
+        how = f"computed in {found.seconds:.1f}s"
+        if key is not None:
+            _STORE[key] = found
+            while sum(f.nbytes for f in _STORE.values()) > limit_mb * 2**20 and len(_STORE) > 1:
+                _STORE.popitem(last=False)
+    return Replay(modules, found), how

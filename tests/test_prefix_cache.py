@@ -1,0 +1,137 @@
+"""A ``freeze`` trial's frozen bottom, computed once and replayed (autotransfer.prefix_cache)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from autotransfer import prefix_cache
+from autotransfer.training import train
+
+
+@pytest.fixture(scope="module")
+def ctx(text_ctx):
+    return dataclasses.replace(text_ctx, max_epochs=3)
+
+
+def _run(ctx, config):
+    reports = []
+    last = train(config, ctx, lambda m, c: reports.append(m))
+    return last, [r["accuracy"] for r in reports], [r["train_loss"] for r in reports]
+
+
+@pytest.mark.parametrize("depth", [1, 2])  # the tiny BERT has 2 blocks: 2 freezes them all
+def test_a_replayed_freeze_trial_trains_as_the_model_itself_and_computes_its_bottom_once(ctx, monkeypatch, depth):
+    backbone = next(iter(ctx.backbones))
+    config = {"backbone": backbone, "strategy": "freeze", "freeze_depth": depth, "lr": 3e-3, "batch_size": 16}
+    calls = []
+    real = prefix_cache.compute_rows
+    monkeypatch.setattr(prefix_cache, "compute_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain, plain_acc, plain_loss = _run(dataclasses.replace(ctx, prefix_cache=False), config)
+    assert plain["prefix_cache"] == "off: turned off" and calls == []
+
+    shared = dataclasses.replace(ctx, search_id=f"search-{depth}")
+    first, first_acc, first_loss = _run(shared, config)
+    second, second_acc, _ = _run(shared, config)
+    assert first["prefix_cache"].startswith("computed") and second["prefix_cache"] == "reused"
+    assert len(calls) == 1  # one pass over the training split for both trials
+    # the same batches, the same frozen features (eval mode both ways), the same dropout draws above them:
+    # the same trial up to float noise
+    assert first_loss == pytest.approx(plain_loss, rel=1e-3, abs=1e-4)
+    assert first_acc == pytest.approx(plain_acc, abs=1 / 80) and second_acc == first_acc
+    if depth == 1:  # and it learns (chance is 0.5; with both random blocks frozen, only the head trains)
+        assert max(first_acc) > 0.6
+
+
+def test_the_frozen_bottom_runs_in_eval_mode_while_the_rest_trains(ctx):
+    from autotransfer.tasks import get_task
+    from autotransfer.training import build_trial_model, train_mode
+
+    backbone = ctx.backbones[next(iter(ctx.backbones))]
+    config = {"backbone": backbone.name, "strategy": "freeze", "freeze_depth": 1}
+    _, adapted = build_trial_model(get_task("text-cls"), backbone, ctx.label_names, config)
+    modules, loose = prefix_cache.prefix_modules(adapted.model, adapted.bundle, 1)
+    names = [n for n, _ in modules]
+    assert loose == [] and names == ["bert.embeddings", "bert.encoder.layer.0"]
+    prefix_cache.mark_frozen(modules)
+    train_mode(adapted.model)
+    assert not adapted.model.bert.embeddings.training and not adapted.model.bert.encoder.layer[0].training
+    assert adapted.model.bert.encoder.layer[1].training and adapted.model.classifier.training
+
+
+def test_a_replay_that_does_not_reproduce_the_model_is_dropped_and_the_trial_goes_on(ctx, monkeypatch):
+    backbone = next(iter(ctx.backbones))
+    config = {"backbone": backbone, "strategy": "freeze", "freeze_depth": 1, "lr": 3e-3, "batch_size": 16}
+    real = prefix_cache.compute_rows
+
+    def corrupted(*a, **k):
+        found = real(*a, **k)
+        found.rows = [r + 1.0 for r in found.rows]  # not what the frozen layers compute
+        return found
+
+    monkeypatch.setattr(prefix_cache, "compute_rows", corrupted)
+    last, _, _ = _run(ctx, config)
+    assert last["prefix_cache"].startswith("off: replayed logits differ")
+    assert last["step"] > 0
+
+
+def test_over_the_size_limit_the_trial_computes_its_bottom_as_before(ctx, monkeypatch):
+    monkeypatch.setattr(prefix_cache, "LIMIT_MB", 0)
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "freeze", "freeze_depth": 2, "lr": 3e-3,
+              "batch_size": 16}
+    last, _, _ = _run(ctx, config)
+    assert last["prefix_cache"].startswith("off: the frozen prefix's outputs pass the 0 MiB")
+
+
+def test_other_strategies_keep_their_own_modes(ctx):
+    for strategy in ("full", "lora", "gradual_unfreeze"):
+        config = {"backbone": next(iter(ctx.backbones)), "strategy": strategy, "lr": 1e-3, "batch_size": 16}
+        last = train(config, dataclasses.replace(ctx, max_epochs=1), lambda m, c: None)
+        assert "prefix_cache" not in last, strategy
+
+
+def test_images_replay_only_without_augmentation(shapes_dir, tiny_resnet, monkeypatch):
+    from autotransfer.images import load_image_splits
+    from autotransfer.tasks import get_task
+    from autotransfer.training import TrialContext
+
+    class Settings:
+        trust_remote_code = False
+        image_size = None
+
+    task = get_task("image-cls")
+    splits = load_image_splits(shapes_dir)
+    info = task.describe_backbone(f"local-dir:{tiny_resnet}", Settings())
+    prepared, _ = task.prepare([info], splits, Settings())
+    ctx = TrialContext(task="image-cls", backbones={info.name: info}, prepared=prepared,
+                       label_names=splits.label_names, max_epochs=2, evals_per_epoch=1, seed=0, search_id="s")
+    base = {"backbone": info.name, "strategy": "freeze", "freeze_depth": 2, "lr": 3e-3, "batch_size": 16}
+    augmented = train({**base, "augment": "light"}, ctx, lambda m, c: None)
+    assert augmented["prefix_cache"].startswith("off: this task's training batches are not a fixed function")
+    losses = {}
+    for on in (False, True):
+        reports = []
+        last = train({**base, "augment": "none"}, dataclasses.replace(ctx, prefix_cache=on),
+                     lambda m, c: reports.append(m))
+        losses[on] = [r["train_loss"] for r in reports]
+        assert last["prefix_cache"].startswith("computed") if on else last["prefix_cache"] == "off: turned off"
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)
+
+
+def test_a_vit_s_position_embedding_keeps_its_prefix_computed(tiny_vit):
+    import timm
+
+    from autotransfer.tasks import get_task
+
+    class Settings:
+        trust_remote_code = False
+        image_size = None
+
+    task = get_task("image-cls")
+    info = task.describe_backbone(f"local-dir:{tiny_vit}", Settings())
+    bundle = task.build(info, ["a", "b"], {})
+    modules, loose = prefix_cache.prefix_modules(bundle.model, bundle, 1)
+    assert loose  # cls_token / pos_embed sit on the model itself, between the replaced modules
+    assert isinstance(bundle.model, timm.models.VisionTransformer) and torch.is_tensor(bundle.model.pos_embed)
