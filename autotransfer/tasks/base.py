@@ -51,7 +51,6 @@ class PreparationStats:
                 "preparation_seconds": round(self.seconds, 3)}
 
 
-
 class IndexedCollate:
     """A loader's ``collate_fn`` that also hands back the split positions of the batch's rows (see
     :meth:`Task.indexed_batches`): ``(inputs, labels, positions)``."""
@@ -62,6 +61,7 @@ class IndexedCollate:
     def __call__(self, idx: list[int]) -> tuple[Any, Any, np.ndarray]:
         inputs, labels = self.collate(idx)
         return inputs, labels, np.asarray(idx, dtype=np.int64)
+
 
 class Task:
     """Base class of a task implementation; see :class:`~autotransfer.tasks.text_cls.TextClassification`.

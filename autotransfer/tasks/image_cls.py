@@ -245,14 +245,8 @@ class ImageClassification(Task):
     def batches(self, prepared: ImageData, split: str, batch_size: int, *, train: bool, seed: int = 0,
                 pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None) -> Iterable[Batch]:
         augment = str((config or {}).get("augment", "light")) if train else "none"
-        collate = _Collate(prepared, split, augment)
-        n = len(prepared.splits[split])
-        if train:
-            gen = torch.Generator().manual_seed(seed)
-            torch.manual_seed(seed)  # per-sample augmentation draws from the global generator
-            return DataLoader(range(n), batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate,
-                              pin_memory=pin_memory)
-        return DataLoader(range(n), batch_size=batch_size, shuffle=False, collate_fn=collate, pin_memory=pin_memory)
+        return self._loader(prepared, split, batch_size, train, seed, pin_memory,
+                            _Collate(prepared, split, augment))
 
     def indexed_batches(self, prepared: ImageData, split: str, batch_size: int, *, train: bool, seed: int = 0,
                         pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None,
@@ -262,12 +256,18 @@ class ImageClassification(Task):
         augment = str((config or {}).get("augment", "light")) if train else "none"
         if augment != "none":
             return None
+        return self._loader(prepared, split, batch_size, train, seed, pin_memory,
+                            IndexedCollate(_Collate(prepared, split, augment)))
+
+    @staticmethod
+    def _loader(prepared: ImageData, split: str, batch_size: int, train: bool, seed: int, pin_memory: bool,
+                collate: Any) -> DataLoader:
         n = len(prepared.splits[split])
-        collate = IndexedCollate(_Collate(prepared, split, augment))
-        if train:  # the order batches() yields, and the global generator where batches() leaves it
-            torch.manual_seed(seed)
-            return DataLoader(range(n), batch_size=batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(seed), collate_fn=collate, pin_memory=pin_memory)
+        if train:
+            gen = torch.Generator().manual_seed(seed)
+            torch.manual_seed(seed)  # per-sample augmentation draws from the global generator
+            return DataLoader(range(n), batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate,
+                              pin_memory=pin_memory)
         return DataLoader(range(n), batch_size=batch_size, shuffle=False, collate_fn=collate, pin_memory=pin_memory)
 
     def num_examples(self, prepared: ImageData, split: str) -> int:

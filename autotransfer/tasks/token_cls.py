@@ -192,9 +192,8 @@ class TokenClassification(TextClassification):
                 pin_memory: bool = False, config: Optional[Mapping[str, Any]] = None) -> Iterable[Batch]:
         data = prepared.splits[split]
         if train:  # windows, shuffled
-            gen = torch.Generator().manual_seed(seed)
-            return DataLoader(range(data.windows), batch_size=batch_size, shuffle=True, generator=gen,
-                              collate_fn=_WindowCollate(prepared, split, sentences=False), pin_memory=pin_memory)
+            return self._windows(prepared, split, batch_size, seed, pin_memory,
+                                 _WindowCollate(prepared, split, sentences=False))
         # evaluation: whole sentences of similar length together (a batch may hold a few more windows)
         return DataLoader(range(data.sentences), batch_sampler=length_sorted_batches(data.sentence_lengths(),
                                                                                       batch_size),
@@ -206,10 +205,15 @@ class TokenClassification(TextClassification):
         """Training windows with their positions (evaluation batches are sentences: None)."""
         if not train:
             return None
-        data = prepared.splits[split]
-        return DataLoader(range(data.windows), batch_size=batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
-                          collate_fn=IndexedCollate(_WindowCollate(prepared, split, sentences=False)))
+        return self._windows(prepared, split, batch_size, seed, pin_memory,
+                             IndexedCollate(_WindowCollate(prepared, split, sentences=False)))
+
+    @staticmethod
+    def _windows(prepared: WindowData, split: str, batch_size: int, seed: int, pin_memory: bool,
+                 collate: Any) -> DataLoader:
+        """Training windows, shuffled (seeded)."""
+        return DataLoader(range(prepared.splits[split].windows), batch_size=batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(seed), collate_fn=collate, pin_memory=pin_memory)
 
     def num_examples(self, prepared: WindowData, split: str) -> int:
         """Training: the windows an epoch iterates over; otherwise the sentences that are scored."""
