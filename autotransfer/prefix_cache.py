@@ -39,8 +39,6 @@ from autotransfer.strategies.base import ModelBundle
 LIMIT_MB = 1024
 #: a module attribute :func:`autotransfer.training.train_mode` reads: keep this module in eval mode
 FROZEN = "_autotransfer_frozen_prefix"
-#: how often rows were computed and reused in this process (the tests count them)
-STATS = {"computed": 0, "reused": 0}
 
 
 class NotReplayable(RuntimeError):
@@ -97,7 +95,7 @@ class _Stop(Exception):
 def _kind(name: str, out: Any) -> tuple:
     if isinstance(out, torch.Tensor):
         return ()
-    if isinstance(out, tuple) and type(out) is tuple and out and isinstance(out[0], torch.Tensor) and not any(
+    if type(out) is tuple and out and isinstance(out[0], torch.Tensor) and not any(
             isinstance(o, torch.Tensor) for o in out[1:]):
         return tuple(out[1:])
     raise NotReplayable(f"{name} returns a {type(out).__name__}, not a tensor")
@@ -170,7 +168,6 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
             train_mode(model)
     if any(r is None for r in rows):
         raise NotReplayable("the training batches did not cover every row")
-    STATS["computed"] += 1
     return PrefixRows(rows=rows, ragged=bool(ragged), kinds=kinds,  # type: ignore[arg-type]
                       seconds=time.perf_counter() - start)
 
@@ -257,7 +254,6 @@ def attach(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module]], ke
     found = _STORE.get(key) if key is not None else None
     if found is not None:
         _STORE.move_to_end(key)  # type: ignore[arg-type]
-        STATS["reused"] += 1
         how = "reused"
     else:
         found = compute_rows(task, model, modules, prepared, batch_size * 2, device, dtype, config,
