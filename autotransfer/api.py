@@ -387,7 +387,8 @@ class _Search:
                            metric=s.metric, max_epochs=s.max_epochs, evals_per_epoch=s.evals_per_epoch,
                            precision=s.precision, threads=s.torch_threads, seed=s.seed,
                            use_gpu=s.gpus_per_trial > 0, trust_remote_code=s.trust_remote_code, shipped=shipped,
-                           budget=budget, features=features, search_id=uuid.uuid4().hex)
+                           budget=budget, features=features if s.feature_cache else {},
+                           prefix_cache=s.feature_cache, search_id=uuid.uuid4().hex)
         meta = RunInfo(
             run_name=s.run_name, task=s.task, metric=s.metric, command=s.command,
             data=summary, space=space.to_dict(), dashboard=cluster.dashboard_url,
@@ -399,7 +400,7 @@ class _Search:
                     "evals_per_epoch": s.evals_per_epoch, "grace_period_epochs": s.grace_period,
                     "reduction_factor": s.reduction_factor, "num_samples": s.num_samples, "seed": s.seed,
                     "min_steps": s.min_steps, "baseline": sorted({r.name for r in recipes}),
-                    "time_budget_s": s.time_budget_s},
+                    "time_budget_s": s.time_budget_s, "feature_cache": s.feature_cache},
             budget=budget.to_dict(), prerank=prerank,
             source_stage={"data": str(s.source_data), "options": s.source_options,
                           "recipe": self.task.recipes()[0].name, "stages": [r.to_dict() for r in sourced]}

@@ -145,6 +145,9 @@ def _add_search(sub: argparse._SubParsersAction, argv: Sequence[str]) -> None:
     e.add_argument("--no-soup", dest="soup", action="store_false",
                    help="don't try a greedy model soup (the best trials of the winning backbone averaged, each "
                         "kept only if validation improves; exported only if it beats the best trial on validation)")
+    e.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                   help="trials don't reuse frozen features computed once (head fits) or a frozen bottom's "
+                        "outputs (freeze depth): each runs its own forward passes; the same trials, slower")
     e.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = bf16/fp16 autocast on GPU, fp32 on CPU")
     o = p.add_argument_group("cluster and output")

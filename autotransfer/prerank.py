@@ -182,8 +182,10 @@ def prerank_backbones(task: "Task", space: "SearchSpace", backbones: Mapping[str
     kept = order[:s.prerank] if s.prerank else order
     seconds = time.perf_counter() - started
     log(f"frozen features of {len(found)} backbone(s) computed once ({seconds:.1f}s, "
-        f"{sum(f.nbytes for f in found.values()) / 2**20:.1f} MiB), shared by the trials that fit a head on them; "
-        "pre-rank (LogME / k-NN accuracy): " + "; ".join(
+        f"{sum(f.nbytes for f in found.values()) / 2**20:.1f} MiB), "
+        + ("shared by the trials that fit a head on them; " if s.feature_cache else
+           "for the pre-rank only (--no-feature-cache: the trials compute their own); ")
+        + "pre-rank (LogME / k-NN accuracy): " + "; ".join(
             f"{display_name(n)} {scores[n].logme:.3f} / {_fmt(scores[n].knn_accuracy)}" for n in order if n in scores)
         + (f"; searching the best {len(kept)}: {', '.join(map(display_name, kept))}" if len(kept) < len(order) else ""))
     record = {"scores": to_dict(scores), "order": order, "kept": kept, "asked": s.prerank,

@@ -104,6 +104,10 @@ class SearchSettings:
     soup: bool = True
     #: keep only the K backbones with the best LogME on their frozen features (autotransfer.prerank); None: all
     prerank: Optional[int] = None
+    #: trials reuse what a frozen part of the backbone computes: a head-fitting trial fits on the frozen features
+    #: computed once per backbone (autotransfer.features), a ``freeze`` trial replays its frozen bottom's outputs
+    #: (autotransfer.prefix_cache); off: every trial runs its own forward passes (same trials, slower)
+    feature_cache: bool = True
     # cluster / output
     address: Optional[str] = None
     dashboard: bool = True

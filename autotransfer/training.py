@@ -440,10 +440,10 @@ def _frozen_prefix(strategy: Strategy, bundle: Any, starts: list[int], config: M
     modules, loose = prefix_cache.prefix_modules(bundle.model, bundle, depth)
     prefix_cache.mark_frozen(modules)
     train_mode(bundle.model)
-    if depth == 0:  # the stem alone (embeddings): cheaper to compute than to keep
-        return None, "off: nothing frozen above the stem"
     if not ctx.prefix_cache:
         return None, "off: turned off"
+    if depth == 0:  # the stem alone (embeddings): cheaper to compute than to keep
+        return None, "off: nothing frozen above the stem"
     if loose:
         return None, f"off: {loose[0]} is frozen but not in a module of the frozen part"
     key = (ctx.search_id, config["backbone"], depth, str(device), str(dtype)) if ctx.search_id else None

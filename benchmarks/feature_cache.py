@@ -24,11 +24,22 @@ turned off and on (same config, data and seed; the "on" run computes its prefix 
 itself, so its time includes that pass): wall time, ratio, and the validation accuracy and
 last training loss of each (the same trial, so they should agree to float noise).  A
 backbone whose prefix cannot be replayed (a ViT: its position embedding sits between the
-modules) says why and is not run.  The search-level target (<= 0.7x wall time when a
-quarter of the trials are linear probes or deep freezes) is not measured here.
+modules) says why and is not run.
+
+Then the search (``--part search``, separate: ~45 minutes): ``autotransfer search`` as a user
+runs it, on the same SST-2 rows with ``text-cls-local.yaml`` at the CLI's defaults, twice --
+with the caches and with ``--no-feature-cache`` -- one trial at a time on both cores
+(``--max-concurrent 1 --cpus-per-trial 2``: the sampler and ASHA then see the same results in
+the same order, so both runs try the same configurations and compare at the same trial budget;
+checked, and said when not).  Once with the shipped strategies, once with ``--strategies
+linear_probe freeze``.  Per run: wall time, the trials (strategy, freeze depth, seconds, what
+the cache did), the share of linear probes and deep freezes (depth >= half the blocks), and
+the export's test accuracy.  Target (issue #16): search wall time <= 0.7x when a quarter or
+more of the trials are linear probes or deep freezes.
 
     python benchmarks/feature_cache.py                  # ~15 minutes on 2 CPU cores
     python benchmarks/feature_cache.py --part freeze    # the freeze trials only
+    python benchmarks/feature_cache.py --part search    # whole searches with and without the caches
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PrepareSettings, provenance  # noqa: E402
+from _common import PrepareSettings, cli_search, provenance  # noqa: E402
 from robustness import SOURCES, _read  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,12 +130,51 @@ def freeze_case(task_name: str, backbone: str, splits, data: Path, depth_of) -> 
     return out
 
 
+def search_case(folder: Path, strategies: list[str] | None, seed: int) -> dict:
+    """The same search with the caches and with ``--no-feature-cache`` (see the module docstring)."""
+    space = REPO / "search_spaces" / "text-cls-local.yaml"
+    runs = {}
+    for side, extra in (("cached", []), ("uncached", ["--no-feature-cache"])):
+        args = ["--task", "text-cls", "--data", str(folder), "--space", str(space), "--seed", str(seed),
+                "--max-concurrent", "1", "--cpus-per-trial", "2", *extra]
+        if strategies:
+            args += ["--strategies", ",".join(strategies)]
+        with tempfile.TemporaryDirectory(prefix="feature-cache-search-") as tmp:
+            results, best, wall = cli_search(args, Path(tmp) / "run")
+        layers = {n: b.get("num_layers") for n, b in (results.get("backbones") or {}).items()}
+        trials = []
+        for t in results["trials"]:
+            depth, n = t["params"].get("freeze_depth"), layers.get(t["backbone"])
+            deep = t["strategy"] == "linear_probe" or (t["strategy"] == "freeze" and depth is not None
+                                                       and n is not None and depth >= n / 2)
+            last = t.get("last_metrics") or {}
+            trials.append({"backbone": Path(t["backbone"]).name, "strategy": t["strategy"], "freeze_depth": depth,
+                           "deep": deep, "status": t["status"], "seconds": round(t["wall_time_s"], 1),
+                           "best_metric": t["best_metric"],
+                           "cache": last.get("prefix_cache", last.get("cached_features"))})
+        runs[side] = {"wall_s": round(wall, 1), "trials": trials,
+                      "trial_seconds": round(sum(t["seconds"] for t in trials), 1),
+                      "features_once_s": (results.get("prerank") or {}).get("seconds"),
+                      "best": {"backbone": Path(best["backbone"]).name, "strategy": best["strategy"],
+                               "validation": best["best_metric"]},
+                      "test_accuracy": ((results.get("test") or {}).get("test_metrics") or {}).get("accuracy")}
+        print(json.dumps({"strategies": strategies or "shipped", side: runs[side]}), flush=True)
+    key = [(t["backbone"], t["strategy"], t["freeze_depth"]) for t in runs["cached"]["trials"]]
+    same = key == [(t["backbone"], t["strategy"], t["freeze_depth"]) for t in runs["uncached"]["trials"]]
+    deep = sum(t["deep"] for t in runs["cached"]["trials"]) / len(runs["cached"]["trials"])
+    return {"strategies": " ".join(strategies) if strategies else "shipped (text-cls-local.yaml)", **runs,
+            "same_trials": same, "deep_share": round(deep, 3),
+            "ratio_wall": runs["cached"]["wall_s"] / runs["uncached"]["wall_s"],
+            "ratio_trial_seconds": runs["cached"]["trial_seconds"] / runs["uncached"]["trial_seconds"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1000, help="SST-2 training rows (a quarter more for validation)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--part", choices=("all", "probe", "freeze"), default="all")
+    ap.add_argument("--part", choices=("all", "probe", "freeze", "search"), default="all",
+                    help="all: probe and freeze (search is separate: whole searches, ~45 minutes)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
     import transformers
@@ -174,6 +224,14 @@ def main() -> None:
             "not_replayable": {c["backbone"]: c["not_replayable"] for c in freeze if "not_replayable" in c},
             "accuracy_changes": [round(c["cached_accuracy"] - c["uncached_accuracy"], 4) for c in ran],
             "train_loss_changes": [round(c["cached_train_loss"] - c["uncached_train_loss"], 5) for c in ran]}
+    if args.part == "search":
+        searches = [search_case(folder, strategies, args.seed) for strategies in (None, ["linear_probe", "freeze"])]
+        out["search_cases"] = searches
+        out["summary"]["search"] = [
+            {"strategies": c["strategies"], "deep_share": c["deep_share"], "same_trials": c["same_trials"],
+             "ratio_wall": round(c["ratio_wall"], 3), "ratio_trial_seconds": round(c["ratio_trial_seconds"], 3),
+             "target_ratio_wall": 0.7, "met": (c["ratio_wall"] <= 0.7) if c["deep_share"] >= 0.25 else None}
+            for c in searches]
     args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out["summary"], indent=2))
 

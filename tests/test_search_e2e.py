@@ -163,6 +163,22 @@ def test_prerank_k_searches_only_the_k_best_backbones(ray_session, sentiment_dir
     assert {r.backbone for r in result.records} == set(pre["kept"])
 
 
+def test_no_feature_cache_runs_every_trial_on_its_own_forward_passes(ray_session, sentiment_dir, tiny_space,
+                                                                    tmp_path):
+    out = tmp_path / "run"
+    result = autotransfer.search(
+        task="text-cls", data=sentiment_dir, space=tiny_space, num_samples=2, max_epochs=1, evals_per_epoch=1,
+        strategies=["linear_probe", "freeze"], seed=0, dashboard=False, output=out, soup=False, baseline=False,
+        min_steps=0, feature_cache=False,
+    )
+    assert {r.strategy for r in result.records} == {"linear_probe", "freeze"}  # the warm start tries each
+    last = {r.strategy: [json.loads(ln) for ln in next((out / "tune").glob(f"trial_{r.trial_id}/result.json"))
+                         .read_text().splitlines() if ln.strip()][-1] for r in result.records}
+    assert last["linear_probe"]["cached_features"] is False
+    assert last["freeze"]["prefix_cache"] == "off: turned off"
+    assert json.loads((out / "results.json").read_text())["engine"]["feature_cache"] is False
+
+
 def test_only_the_exported_checkpoint_is_kept(run):
     left = list((run.output / "tune").glob("*/checkpoint_*"))
     assert len(left) == 1 and run.best.trial_id in str(left[0])
