@@ -4,18 +4,20 @@ A trial that keeps the stem and the bottom ``k`` blocks frozen for its whole len
 (:meth:`~autotransfer.strategies.Strategy.frozen_prefix`: the ``freeze`` strategy) runs them in eval mode,
 a fixed feature extractor like a linear probe's backbone.  When a batch's inputs are a fixed function of
 its rows (text; images with ``augment: none``: :meth:`~autotransfer.tasks.Task.indexed_batches`), so is
-that prefix's output.  It is computed here once, in one eval-mode pass over the training split that stops
-after block ``k``, kept per row (a text row without its padding) and *replayed*: the frozen modules'
-``forward`` hands back the batch's rows instead of computing them, and a training step runs only the
-blocks above.  On small data a trial trains for many epochs (the step floor), so the frozen bottom was
-recomputed tens of times per trial.
+that prefix's output.  It is computed here once, in one eval-mode pass over the training split and one over
+the validation split, each stopped after block ``k``, kept per row (a text row without its padding) and
+*replayed*: the frozen modules' ``forward`` hands back the batch's rows instead of computing them, and a
+training step or an evaluation runs only the blocks above.  On small data a trial trains for many epochs
+(the step floor) and evaluates a dozen times, so the frozen bottom was recomputed tens of times per trial.
 
 Generic, with no per-architecture code: the prefix is the largest modules whose parameters all lie in the
 stem and the frozen blocks; each such module's output structure (a tensor, or a tuple led by one) is
 recorded in the pass and rebuilt around the replayed rows.  The replay is checked on the trial's first
-batch against the model itself (eval mode, the same logits within float tolerance); where it does not
-hold -- a frozen parameter outside those modules (a ViT's position embedding), rows past the size limit,
-logits that differ -- the trial trains as before, and its report says why (``prefix_cache``).
+training batch and first validation batch against the model itself (eval mode, the same logits within
+float tolerance); where it does not hold -- a frozen parameter outside those modules (a ViT's position
+embedding), rows past the size limit, logits that differ -- the trial trains (or evaluates) as before, and
+its report says why (``prefix_cache``).  A task whose evaluation batches are not indexed rows (token
+tagging scores whole sentences, trains on windows) replays training only.
 
 The rows are kept in the worker process, keyed by the search, backbone and depth, so a later trial of the
 same (backbone, depth) that Ray runs in the same worker (it reuses workers) skips the pass too; at most
@@ -47,7 +49,7 @@ class NotReplayable(RuntimeError):
 
 @dataclass
 class PrefixRows:
-    """The frozen prefix's output for every training row, and how each replaced module returns it."""
+    """The frozen prefix's output for every row of one split, and how each replaced module returns it."""
 
     rows: list[torch.Tensor]
     #: rows are cut at their attention mask's length (dimension 0 of a row), padded back per batch
@@ -61,7 +63,23 @@ class PrefixRows:
         return sum(r.numel() * r.element_size() for r in self.rows)
 
 
-_STORE: "OrderedDict[tuple, PrefixRows]" = OrderedDict()
+@dataclass
+class Kept:
+    """What a worker keeps for one (search, backbone, depth): the rows per split, and why a split has none."""
+
+    splits: dict[str, PrefixRows]
+    off: dict[str, str]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.splits.values())
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.splits.values())
+
+
+_STORE: "OrderedDict[tuple, Kept]" = OrderedDict()
 
 
 def prefix_modules(model: nn.Module, bundle: ModelBundle, depth: int) -> tuple[list[tuple[str, nn.Module]], list[str]]:
@@ -112,8 +130,8 @@ def _lengths(state: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> Optiona
 @torch.no_grad()  # not inference mode: the rows feed layers that train, and autograd saves its inputs
 def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module]], prepared: Any, batch_size: int,
                  device: torch.device, dtype: Optional[torch.dtype], config: Mapping[str, Any],
-                 limit_bytes: int) -> PrefixRows:
-    """One eval-mode pass over the training split, stopped after the last prefix module: its output per row."""
+                 limit_bytes: int, split: str = "train") -> PrefixRows:
+    """One eval-mode pass over ``split``, stopped after the last prefix module: its output per row."""
     from autotransfer.training import _autocast, train_mode
 
     start = time.perf_counter()
@@ -131,10 +149,12 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
 
         return hook
 
-    loader = task.indexed_batches(prepared, "train", batch_size, train=True, seed=0, config=config)
+    training = split == "train"
+    loader = task.indexed_batches(prepared, split, batch_size, train=training, seed=0, config=config)
     if loader is None:
-        raise NotReplayable("this task's training batches are not a fixed function of their rows")
-    rows: list[Optional[torch.Tensor]] = [None] * task.num_examples(prepared, "train")
+        raise NotReplayable("this task's training batches are not a fixed function of their rows" if training else
+                            f"this task's {split} batches are not indexed rows")
+    rows: list[Optional[torch.Tensor]] = [None] * task.num_examples(prepared, split)
     ragged: Optional[bool] = None
     size = 0
     was_training = model.training
@@ -167,21 +187,25 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
         if was_training:
             train_mode(model)
     if any(r is None for r in rows):
-        raise NotReplayable("the training batches did not cover every row")
+        raise NotReplayable(f"the {split} batches did not cover every row")
     return PrefixRows(rows=rows, ragged=bool(ragged), kinds=kinds,  # type: ignore[arg-type]
                       seconds=time.perf_counter() - start)
 
 
 class Replay:
     """The prefix modules' ``forward`` replaced: with a batch loaded (:meth:`load`) they return its rows, otherwise
-    they compute as before (evaluation runs the whole model).  :meth:`remove` puts the modules back."""
+    they compute as before.  :meth:`remove` puts the modules back."""
 
-    def __init__(self, modules: list[tuple[str, nn.Module]], found: PrefixRows):
-        self.found = found
+    def __init__(self, modules: list[tuple[str, nn.Module]], kept: Kept):
+        self.found = dict(kept.splits)
+        self.off = dict(kept.off)
+        #: splits whose replay was checked against the model (:func:`verify`)
+        self.verified: set[str] = set()
         self.state: Optional[torch.Tensor] = None
-        self.modules = [(name, m) for name, m in modules if name in found.kinds]  # those the forward pass ran
+        kinds = kept.splits["train"].kinds
+        self.modules = [(name, m) for name, m in modules if name in kinds]  # those the forward pass ran
         for name, module in self.modules:
-            module.forward = self._forward(module.forward, found.kinds[name])  # instance attribute: this model only
+            module.forward = self._forward(module.forward, kinds[name])  # instance attribute: this model only
 
     def _forward(self, original: Any, kind: tuple) -> Any:
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -191,9 +215,19 @@ class Replay:
 
         return forward
 
-    def load(self, idx: np.ndarray, inputs: Mapping[str, torch.Tensor], device: torch.device) -> None:
-        rows = [self.found.rows[i] for i in idx.tolist()]
-        if self.found.ragged:
+    def covers(self, split: str) -> bool:
+        return split in self.found
+
+    def drop(self, split: str, why: str) -> None:
+        """Stop replaying ``split`` (its batches compute the prefix again)."""
+        self.found.pop(split, None)
+        self.off[split] = why
+
+    def load(self, idx: np.ndarray, inputs: Mapping[str, torch.Tensor], device: torch.device,
+             split: str = "train") -> None:
+        found = self.found[split]
+        rows = [found.rows[i] for i in idx.tolist()]
+        if found.ragged:
             state = nn.utils.rnn.pad_sequence(rows, batch_first=True)
             width = inputs["attention_mask"].shape[1]
             if state.shape[1] < width:  # the batch pads past its longest row
@@ -213,7 +247,7 @@ class Replay:
 
 
 def verify(task: Any, model: nn.Module, replay: Replay, inputs: Mapping[str, torch.Tensor], idx: np.ndarray,
-           device: torch.device, dtype: Optional[torch.dtype]) -> None:
+           device: torch.device, dtype: Optional[torch.dtype], split: str = "train") -> None:
     """The replayed model's logits on one batch match the model's own (eval mode), or :class:`NotReplayable`."""
     from autotransfer.training import _autocast, train_mode
 
@@ -222,7 +256,7 @@ def verify(task: Any, model: nn.Module, replay: Replay, inputs: Mapping[str, tor
     try:
         with torch.inference_mode(), _autocast(device, dtype):
             want = task.logits(model, inputs)
-            replay.load(idx, inputs, device)
+            replay.load(idx, inputs, device, split)
             try:
                 got = task.logits(model, inputs)
             except Exception as exc:  # noqa: BLE001 - e.g. a module between the replaced ones reshapes
@@ -243,24 +277,36 @@ def verify(task: Any, model: nn.Module, replay: Replay, inputs: Mapping[str, tor
     scale = float(want.float().abs().max())
     if not gap <= tol * scale + 1e-6:
         raise NotReplayable(f"replayed logits differ from the model's by up to {gap:.2g} (of {scale:.2g})")
+    replay.verified.add(split)
 
 
 def attach(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module]], key: Optional[tuple],
            prepared: Any, batch_size: int, device: torch.device, dtype: Optional[torch.dtype],
            config: Mapping[str, Any], limit_mb: Optional[int] = None) -> tuple[Replay, str]:
-    """A :class:`Replay` of the prefix on ``model`` (rows kept under ``key``, or computed), and how they were had
-    (``computed`` / ``reused``).  :class:`NotReplayable` when they cannot be."""
-    limit_mb = LIMIT_MB if limit_mb is None else limit_mb
-    found = _STORE.get(key) if key is not None else None
-    if found is not None:
+    """A :class:`Replay` of the prefix on ``model`` (rows of the training and validation splits kept under ``key``,
+    or computed), and how they were had (``computed in 1.2s`` / ``reused``; :func:`describe` adds the splits not
+    replayed).  :class:`NotReplayable` when training cannot be."""
+    limit = (LIMIT_MB if limit_mb is None else limit_mb) * 2**20
+    kept = _STORE.get(key) if key is not None else None
+    if kept is not None:
         _STORE.move_to_end(key)  # type: ignore[arg-type]
         how = "reused"
     else:
-        found = compute_rows(task, model, modules, prepared, batch_size * 2, device, dtype, config,
-                             limit_mb * 2**20)
-        how = f"computed in {found.seconds:.1f}s"
+        kept = Kept({"train": compute_rows(task, model, modules, prepared, batch_size * 2, device, dtype, config,
+                                           limit)}, {})
+        try:
+            kept.splits["validation"] = compute_rows(task, model, modules, prepared, batch_size * 2, device, dtype,
+                                                     config, max(0, limit - kept.nbytes), split="validation")
+        except NotReplayable as exc:  # the evaluations compute the prefix, as before
+            kept.off["validation"] = str(exc)
+        how = f"computed in {kept.seconds:.1f}s"
         if key is not None:
-            _STORE[key] = found
-            while sum(f.nbytes for f in _STORE.values()) > limit_mb * 2**20 and len(_STORE) > 1:
+            _STORE[key] = kept
+            while sum(k.nbytes for k in _STORE.values()) > limit and len(_STORE) > 1:
                 _STORE.popitem(last=False)
-    return Replay(modules, found), how
+    return Replay(modules, kept), how
+
+
+def describe(how: str, replay: Replay) -> str:
+    """A trial's ``prefix_cache`` note: how the rows were had, and each split not replayed with its reason."""
+    return how + "".join(f"; {split}: off: {why}" for split, why in replay.off.items())

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from autotransfer.budget import Budget, derive_budget
-from autotransfer.prefix_cache import FROZEN as FROZEN_PREFIX, NotReplayable, verify
+from autotransfer.prefix_cache import FROZEN as FROZEN_PREFIX, NotReplayable, Replay, describe, verify
 from autotransfer.results import FINISHED, VAL_EXAMPLES
 from autotransfer.strategies import Adapted, Strategy, count_parameters, get_strategy
 from autotransfer.checkpoints import (FILES, STATE_FILE, WEIGHTS_FILE, Checkpointer, Reporter, load_best,
@@ -206,19 +206,34 @@ def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size: int, device: torch.device,
-             dtype: Optional[torch.dtype] = None) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics (and ``loss``) of ``model`` on a prepared split, plus its predictions in split order."""
+             dtype: Optional[torch.dtype] = None, replay: Optional[Replay] = None) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics (and ``loss``) of ``model`` on a prepared split, plus its predictions in split order.  With a
+    ``replay`` that covers the split, its frozen bottom's outputs are replayed (checked on the first batch)."""
     was_training = model.training
     model.eval()
     objective = task.objective
     loss_sum, terms = 0.0, 0
     preds, truth = [], []
-    loader = task.batches(prepared, split, batch_size * 2, train=False, pin_memory=device.type == "cuda")
-    for inputs, labels in loader:
+    replaying = replay is not None and replay.covers(split)
+    batches = task.indexed_batches if replaying else task.batches  # the same batches, in order
+    loader = batches(prepared, split, batch_size * 2, train=False, pin_memory=device.type == "cuda")
+    for inputs, labels, *where in loader:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         labels = to_device(labels, device)
-        with _autocast(device, dtype):
-            logits = task.logits(model, inputs)
+        if replaying and split not in replay.verified:  # type: ignore[union-attr]
+            try:
+                verify(task, model, replay, inputs, where[0], device, dtype, split)  # type: ignore[arg-type]
+            except NotReplayable as exc:  # this split's batches compute the frozen bottom, as before
+                replay.drop(split, str(exc))  # type: ignore[union-attr]
+                replaying = False
+        if replaying:
+            replay.load(where[0], inputs, device, split)  # type: ignore[union-attr]
+        try:
+            with _autocast(device, dtype):
+                logits = task.logits(model, inputs)
+        finally:
+            if replaying:
+                replay.clear()  # type: ignore[union-attr]
         loss_sum += float(objective.loss(logits, labels, reduction="sum"))
         terms += objective.count(labels)
         batch_pred, batch_true = objective.decode(logits, labels)
@@ -334,11 +349,10 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
         adapted = strategy.apply(bundle, config, phase)  # type: ignore[arg-type]
         train_mode(model)
         common["trainable_params"] = count_parameters(model)[0]
-    replay, prefix_note = _frozen_prefix(strategy, bundle, starts, config, ctx, task, prepared, batch_size, device,
-                                         dtype)
-    if prefix_note is not None:
-        common[PREFIX_CACHE] = prefix_note
-    verified = False  # the replay is checked against the model on the first batch
+    replay, prefix_how = _frozen_prefix(strategy, bundle, starts, config, ctx, task, prepared, batch_size, device,
+                                        dtype)
+    if prefix_how is not None:
+        common[PREFIX_CACHE] = describe(prefix_how, replay) if replay is not None else prefix_how
     try:
         optimizer, scheduler = _optimization(adapted.param_groups, config, device, step, total_steps)
         scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
@@ -363,10 +377,9 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
                     break
                 inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
                 labels = to_device(labels, device)
-                if replay is not None and not verified:
+                if replay is not None and "train" not in replay.verified:  # checked against the model: first batch
                     try:
                         verify(task, model, replay, inputs, where[0], device, dtype)
-                        verified = True
                     except NotReplayable as exc:  # the trial goes on computing its frozen bottom every step
                         replay.remove()
                         replay = None
@@ -400,7 +413,9 @@ def _train(config: Mapping[str, Any], ctx: TrialContext, report: Reporter, resto
                     _check_finite(loss_sum, step)
                 if step in evals:
                     train_time += time.perf_counter() - t0
-                    metrics, preds = evaluate(model, task, prepared, "validation", batch_size, device, dtype)
+                    metrics, preds = evaluate(model, task, prepared, "validation", batch_size, device, dtype, replay)
+                    if replay is not None:  # the validation replay may have been dropped by its check
+                        common[PREFIX_CACHE] = describe(prefix_how, replay)
                     last = {
                         **{k: v for k, v in metrics.items() if k != "loss"},
                         "val_loss": metrics["loss"],

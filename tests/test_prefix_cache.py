@@ -28,7 +28,8 @@ def test_a_replayed_freeze_trial_trains_as_the_model_itself_and_computes_its_bot
     config = {"backbone": backbone, "strategy": "freeze", "freeze_depth": depth, "lr": 3e-3, "batch_size": 16}
     calls = []
     real = prefix_cache.compute_rows
-    monkeypatch.setattr(prefix_cache, "compute_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(prefix_cache, "compute_rows",
+                        lambda *a, **k: calls.append(k.get("split", "train")) or real(*a, **k))
     plain, plain_acc, plain_loss = _run(dataclasses.replace(ctx, prefix_cache=False), config)
     assert plain["prefix_cache"] == "off: turned off" and calls == []
 
@@ -36,7 +37,7 @@ def test_a_replayed_freeze_trial_trains_as_the_model_itself_and_computes_its_bot
     first, first_acc, first_loss = _run(shared, config)
     second, second_acc, _ = _run(shared, config)
     assert first["prefix_cache"].startswith("computed") and second["prefix_cache"] == "reused"
-    assert len(calls) == 1  # one pass over the training split for both trials
+    assert calls == ["train", "validation"]  # one pass over each split for both trials
     # the same batches, the same frozen features (eval mode both ways), the same dropout draws above them:
     # the same trial up to float noise
     assert first_loss == pytest.approx(plain_loss, rel=1e-3, abs=1e-4)
@@ -75,6 +76,55 @@ def test_a_replay_that_does_not_reproduce_the_model_is_dropped_and_the_trial_goe
     last, _, _ = _run(ctx, config)
     assert last["prefix_cache"].startswith("off: replayed logits differ")
     assert last["step"] > 0
+
+
+def test_evaluations_replay_the_frozen_bottom_too(ctx, monkeypatch):
+    from autotransfer import training
+
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "freeze", "freeze_depth": 2, "lr": 3e-3,
+              "batch_size": 16}
+    ran = []  # per evaluation: how often the first frozen block's attention ran
+    real = training.evaluate
+
+    def counting(model, *a, **k):
+        seen = []
+        hook = model.bert.encoder.layer[0].attention.register_forward_hook(lambda *_: seen.append(1))
+        try:
+            return real(model, *a, **k)
+        finally:
+            hook.remove()
+            ran.append(len(seen))
+
+    monkeypatch.setattr(training, "evaluate", counting)
+    accuracies = {}
+    for on in (False, True):
+        ran.clear()
+        last, accuracies[on], _ = _run(dataclasses.replace(ctx, prefix_cache=on, search_id="evaluations"), config)
+        if on:  # the first evaluation checks its first batch against the model; after that, nothing below runs
+            assert last["prefix_cache"].startswith("computed") and "off" not in last["prefix_cache"]
+            assert ran[0] == 1 and set(ran[1:]) == {0} and len(ran) > 2
+        else:
+            assert min(ran) >= 2  # every validation batch (80 rows, 32 a batch)
+    assert accuracies[True] == accuracies[False]
+
+
+def test_a_validation_replay_that_does_not_reproduce_the_model_is_dropped_alone(ctx, monkeypatch):
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "freeze", "freeze_depth": 1, "lr": 3e-3,
+              "batch_size": 16}
+    plain, plain_acc, _ = _run(dataclasses.replace(ctx, prefix_cache=False), config)
+    real = prefix_cache.compute_rows
+
+    def corrupted(*a, **k):
+        found = real(*a, **k)
+        if k.get("split") == "validation":
+            found.rows = [r + 1.0 for r in found.rows]
+        return found
+
+    monkeypatch.setattr(prefix_cache, "compute_rows", corrupted)
+    last, acc, _ = _run(ctx, config)
+    assert last["prefix_cache"].startswith("computed")  # training still replays
+    assert "; validation: off: replayed logits differ" in last["prefix_cache"]
+    assert acc == pytest.approx(plain_acc, abs=1 / 80)  # scored by the model itself, not the corrupted rows
 
 
 def test_over_the_size_limit_the_trial_computes_its_bottom_as_before(ctx, monkeypatch):
