@@ -137,7 +137,8 @@ def record_from_result(result: Any, metric: str, max_iterations: int) -> TrialRe
     elif metrics.get(NODE_ID):
         nodes = [str(metrics[NODE_ID])]
     keep = (VAL_EXAMPLES, "val_loss", "train_loss", "samples_per_s", "torch_threads", "batch_size_used",
-            "gpu_memory_peak_mb", "gpu_memory_at_start_mb", metric)
+            "gpu_memory_peak_mb", "gpu_memory_at_start_mb", metric,
+            "cached_features", "prefix_cache")  # what the frozen-output caches did (autotransfer.training)
     return TrialRecord(
         trial_id=trial_id,
         backbone=str(config.get("backbone", "?")),

@@ -176,6 +176,8 @@ def test_no_feature_cache_runs_every_trial_on_its_own_forward_passes(ray_session
                          .read_text().splitlines() if ln.strip()][-1] for r in result.records}
     assert last["linear_probe"]["cached_features"] is False
     assert last["freeze"]["prefix_cache"] == "off: turned off"
+    kept = {r.strategy: r.last_metrics for r in result.records}  # results.json says so too
+    assert kept["linear_probe"]["cached_features"] is False and kept["freeze"]["prefix_cache"] == "off: turned off"
     assert json.loads((out / "results.json").read_text())["engine"]["feature_cache"] is False
 
 
