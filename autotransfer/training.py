@@ -214,26 +214,27 @@ def evaluate(model: nn.Module, task: Task, prepared: Any, split: str, batch_size
     objective = task.objective
     loss_sum, terms = 0.0, 0
     preds, truth = [], []
-    replaying = replay is not None and replay.covers(split)
-    batches = task.indexed_batches if replaying else task.batches  # the same batches, in order
+    if replay is not None and not replay.covers(split):
+        replay = None
+    batches = task.indexed_batches if replay is not None else task.batches  # the same batches, in order
     loader = batches(prepared, split, batch_size * 2, train=False, pin_memory=device.type == "cuda")
     for inputs, labels, *where in loader:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         labels = to_device(labels, device)
-        if replaying and split not in replay.verified:  # type: ignore[union-attr]
+        if replay is not None and split not in replay.verified:
             try:
-                verify(task, model, replay, inputs, where[0], device, dtype, split)  # type: ignore[arg-type]
+                verify(task, model, replay, inputs, where[0], device, dtype, split)
             except NotReplayable as exc:  # this split's batches compute the frozen bottom, as before
-                replay.drop(split, str(exc))  # type: ignore[union-attr]
-                replaying = False
-        if replaying:
-            replay.load(where[0], inputs, device, split)  # type: ignore[union-attr]
+                replay.drop(split, str(exc))
+                replay = None
+        if replay is not None:
+            replay.load(where[0], inputs, device, split)
         try:
             with _autocast(device, dtype):
                 logits = task.logits(model, inputs)
         finally:
-            if replaying:
-                replay.clear()  # type: ignore[union-attr]
+            if replay is not None:
+                replay.clear()
         loss_sum += float(objective.loss(logits, labels, reduction="sum"))
         terms += objective.count(labels)
         batch_pred, batch_true = objective.decode(logits, labels)
