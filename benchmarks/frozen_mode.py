@@ -33,7 +33,7 @@ from text_cls import BACKBONES  # noqa: E402
 DEFAULT_CASES = "sst2:300,subj:300,sst5:300,sst2:1000,subj:1000,sst5:1000"
 
 
-def pair(backbone: Path, data: Path, seed: int) -> list[dict]:
+def pair(backbone: Path, data: Path, seed: int, case: str) -> list[dict]:
     """The trial at both depths, frozen bottom in eval mode and in training mode."""
     from unittest import mock
 
@@ -59,7 +59,7 @@ def pair(backbone: Path, data: Path, seed: int) -> list[dict]:
         for mode in ("eval", "train"):
             ctx = TrialContext(task="text-cls", backbones={info.name: info}, prepared=prepared,
                                label_names=splits.label_names, threads=2, budget=budget, seed=seed,
-                               prefix_cache=mode == "eval", search_id=f"frozen-mode-{seed}" if mode == "eval" else "")
+                               prefix_cache=mode == "eval", search_id=f"frozen-mode-{case}")  # kept rows: this data's
             reports: list[dict] = []
             if mode == "train":  # the behaviour before: nothing marked, so train_mode leaves dropout on
                 with mock.patch.object(prefix_cache, "mark_frozen", lambda modules: None):
@@ -91,7 +91,7 @@ def main() -> None:
         seed = int(rest[0]) if rest else 0
         with tempfile.TemporaryDirectory(prefix="frozen-mode-") as tmp:
             _, hand = make_case(Path(tmp), source, int(rows), args.test_rows, seed)
-            for row in pair(backbone, hand, seed):
+            for row in pair(backbone, hand, seed, spec):
                 out["cases"].append({"case": spec, **row})
         args.out.write_text(json.dumps(out, indent=2))
     diffs = [c["difference"] for c in out["cases"]]
