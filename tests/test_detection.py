@@ -78,12 +78,12 @@ def test_a_task_without_a_gallery_reads_no_checkpoint_for_one(tmp_path):
 @pytest.fixture(scope="module")
 def run(ray_session, box_scenes, tiny_resnet, tmp_path_factory):
     space = tmp_path_factory.mktemp("spaces") / "boxes.yaml"
-    space.write_text(f'task: detection\nbackbones: ["local-dir:{tiny_resnet}"]\nparams:\n  batch_size: [8]\n'
+    space.write_text(f'task: detection\nbackbones: ["local-dir:{tiny_resnet}"]\nparams:\n  batch_size: [4]\n'
                      "  architecture: [fasterrcnn]\n  augment: [light]\nstrategies:\n  full:\n"
                      "    lr: {distribution: loguniform, low: 1.5e-3, high: 3.0e-3}\n"
                      "  freeze:\n    freeze_depth: {distribution: int, low: 1, high: num_layers}\n"
                      "    lr: {distribution: loguniform, low: 1.5e-3, high: 3.0e-3}\n")
-    return autotransfer.search(task="detection", data=box_scenes, space=space, num_samples=2, max_epochs=12,
+    return autotransfer.search(task="detection", data=box_scenes, space=space, num_samples=2, max_epochs=6,
                                evals_per_epoch=1, min_steps=0, seed=0, dashboard=False, baseline=False,
                                output=tmp_path_factory.mktemp("runs") / "det")
 
