@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PrepareSettings, provenance  # noqa: E402
-from robustness import make_case  # noqa: E402
+from robustness import make_case, parse_case  # noqa: E402
 from text_cls import BACKBONES  # noqa: E402
 
 DEFAULT_CASES = "sst2:300,subj:300,sst5:300,sst2:1000,subj:1000,sst5:1000"
@@ -87,8 +87,7 @@ def main() -> None:
     backbone = next(b for b in BACKBONES if "L3" in b.name)
     out = {"benchmark": "frozen_mode", **provenance(), "backbone": backbone.name, "cases": []}
     for spec in args.cases.split(","):
-        source, rows, *rest = spec.split(":")
-        seed = int(rest[0]) if rest else 0
+        source, rows, seed = parse_case(spec)
         with tempfile.TemporaryDirectory(prefix="frozen-mode-") as tmp:
             _, hand = make_case(Path(tmp), source, int(rows), args.test_rows, seed)
             for row in pair(backbone, hand, seed, spec):

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import provenance  # noqa: E402
-from robustness import make_case  # noqa: E402
+from robustness import make_case, parse_case  # noqa: E402
 from text_cls import BACKBONES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -114,8 +114,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="autotransfer-prerank-"))
     cases = []
     for spec in args.cases.split(","):
-        source, rows, *rest = spec.split(":")
-        seed = int(rest[0]) if rest else 0
+        source, rows, seed = parse_case(spec)
         key = f"{source}:{rows}:{seed}"
         search_data, _ = make_case(tmp / key.replace(":", "-"), source, int(rows), args.test_rows, seed)
         per_backbone = {}

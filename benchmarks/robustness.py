@@ -63,6 +63,12 @@ def _read(path: Path, opts: dict) -> pd.DataFrame:
     return df.rename(columns={"text": "sentence"})[["sentence", "label"]]
 
 
+def parse_case(spec: str) -> tuple[str, str, int]:
+    """A ``--cases`` item, ``SOURCE:ROWS[:SEED]``, as (source, rows, seed); the seed defaults to 0."""
+    source, rows, *rest = spec.split(":")
+    return source, rows, int(rest[0]) if rest else 0
+
+
 def make_case(folder: Path, source: str, rows: int, test_rows: int, seed: int) -> tuple[Path, Path]:
     """(search data folder: train + test; recipe folder: train + dev + test) for one case."""
     pool_path, test_path, opts = SOURCES[source]
@@ -189,8 +195,7 @@ def main() -> None:
         cases = [c for c in json.loads(args.out.read_text())["cases"] if c["case"] not in specs]
     done_before = len(cases)
     for spec in specs:
-        source, rows, *rest = spec.split(":")
-        seed = int(rest[0]) if rest else 0
+        source, rows, seed = parse_case(spec)
         folder = tmp / spec.replace(":", "-")
         if source == "hymenoptera":
             search_data, hand_data = make_image_case(folder, seed)
