@@ -26,6 +26,11 @@ writes JSON with every case.
 The search runs at the CLI's defaults, model soup included: when the soup is exported, each
 case also records the best trial's own test score (the soup's gain on test).
 
+With ``--score-trials`` the search keeps every trial's checkpoint (``--keep-checkpoints``) and, after it,
+each finished trial is scored on the test rows (never seen by the search, which has chosen already): what
+another selection rule would have exported from the same trials (``robustness_grid.py`` compares them),
+e.g. preferring the protected recipe trial when the leader is statistically tied with it.
+
 With ``--refit`` the search exports the refit model (scored as the search's result) and
 each case records the selected trial's own test score beside it: what refitting gained
 on the same run, the evidence for or against making it the default.
@@ -127,11 +132,14 @@ def image_recipes(hand: Path, seed: int) -> list[dict]:
     return [{**r, "backbone": f"{r['backbone']} ({r['recipe']})"} for r in runs]
 
 
-def run_search(data: Path, out: Path, seed: int, refit: bool = False, task: str = "text-cls") -> dict:
-    """The CLI as a user runs it (a fresh process, default budget; ``--refit`` if asked)."""
+def run_search(data: Path, out: Path, seed: int, refit: bool = False, task: str = "text-cls",
+               score_trials: bool = False) -> dict:
+    """The CLI as a user runs it (a fresh process, default budget; ``--refit`` if asked; with ``score_trials``
+    every trial's checkpoint is kept and scored on test afterwards)."""
     results, best, wall = cli_search(["--task", task, "--data", str(data), "--space",
                                       str(REPO / "search_spaces" / f"{task}-local.yaml"), "--seed", str(seed)]
-                                     + (["--refit"] if refit else []), out)
+                                     + (["--refit"] if refit else []) + (["--keep-checkpoints"] if score_trials else []),
+                                     out)
     test = json.loads((out / "test_metrics.json").read_text())
     refitted = results.get("refit")
     soup = results.get("soup")
@@ -155,7 +163,38 @@ def run_search(data: Path, out: Path, seed: int, refit: bool = False, task: str 
                        for s in ("completed", "stopped_early", "failed")},
             "recipe_trials": [{"backbone": Path(t["backbone"]).name, "validation_accuracy": t["best_metric"],
                                "status": t["status"]} for t in results["trials"] if t["params"].get("recipe")],
-            "prerank": prerank_held(results.get("prerank"))}
+            "prerank": prerank_held(results.get("prerank")),
+            "trials_scored": trial_test_scores(out) if score_trials else None}
+
+
+def trial_test_scores(run_dir: Path) -> list[dict]:
+    """Every finished trial of a finished run, scored on the run's test split after the search (analysis only:
+    the search chose without it). The run's own settings, data split and preparation are rebuilt the way
+    ``autotransfer resume`` rebuilds them, and each trial's model from its kept checkpoint as the export does."""
+    from rich.console import Console
+
+    from autotransfer.api import _Search, settings_for_resume
+    from autotransfer.export import test_metrics
+    from autotransfer.results import load_results
+    from autotransfer.training import TrialContext
+
+    settings = settings_for_resume(run_dir)
+    search = _Search(settings, Console(stderr=True, quiet=True))
+    _, splits, backbones = search.validate()
+    prepared, _ = search.task.prepare(list(backbones.values()), splits, settings)
+    ctx = TrialContext(task=settings.task, backbones=backbones, prepared=prepared, label_names=splits.label_names,
+                       metric=settings.metric, precision=settings.precision, threads=settings.torch_threads,
+                       seed=settings.seed, trust_remote_code=settings.trust_remote_code)
+    records, _ = load_results(run_dir)
+    scored = []
+    for r in records:
+        if not r.ok or r.checkpoint is None or not Path(r.checkpoint).exists():
+            continue
+        scored.append({"trial_id": r.trial_id, "backbone": Path(r.backbone).name, "strategy": r.strategy,
+                       "recipe": r.params.get("recipe"), "status": r.status, "rank": r.rank,
+                       "validation_accuracy": r.best_metric, "tied_with_best": r.tied_with_best,
+                       "test_accuracy": test_metrics(r, ctx)["accuracy"]})
+    return scored
 
 
 def prerank_held(prerank: dict | None) -> dict | None:
@@ -180,6 +219,9 @@ def main() -> None:
     ap.add_argument("--test-rows", type=int, default=1000)
     ap.add_argument("--refit", action="store_true",
                     help="search with --refit; each case also records the selected trial's own test score")
+    ap.add_argument("--score-trials", action="store_true",
+                    help="keep every trial's checkpoint and score each finished trial on the test rows afterwards "
+                         "(to compare selection rules; text cases)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     ap.add_argument("--append", action="store_true",
                     help="keep the cases already in --out (each records its own commit); a case measured "
@@ -206,7 +248,7 @@ def main() -> None:
         else:
             search_data, hand_data = make_case(folder, source, int(rows), args.test_rows, seed)
             recipes = [recipe_on(b, hand_data, folder / f"recipe-{b.name}", seed) for b in BACKBONES]
-            searched = run_search(search_data, folder / "run", seed, args.refit)
+            searched = run_search(search_data, folder / "run", seed, args.refit, score_trials=args.score_trials)
             n_test = len(pd.read_csv(search_data / "test.tsv", sep="\t"))
             description = "full fine-tuning, lr 2e-5, 3 epochs, batch 32 (transformers.Trainer)"
         best_recipe = max(recipes, key=lambda r: r["test_accuracy"])

@@ -8,7 +8,13 @@ search exports), and prints the table the README quotes:
 per case the search's and the recipe's test accuracy, the difference against the test set's 95%
 interval, the verdict, and the commit it was measured on; then the win / tie / loss counts, the mean
 difference, and which cases of the issue's grid (SST-2, SUBJ, SST-5 x 300 / 1,000 / 3,000 rows x
-seeds 0-2; ants vs bees x seeds 0-2) are still missing. Nothing is re-measured or hand-entered here:
+seeds 0-2; ants vs bees x seeds 0-2) are still missing.
+
+Cases run with ``robustness.py --score-trials`` hold every finished trial's test score; for them the
+script also compares selection rules on the same trials (paired: the same test rows): the search's rule
+(the best validation score), the protected recipe trial when the validation set cannot tell it from the
+leader (a prior for the standard recipe), a random pick among the trials tied with the leader (their mean),
+and the best trial on test (an oracle, the ceiling no rule can pass). Nothing is re-measured or hand-entered here:
 it is a view of the committed JSON, written with its own provenance.
 
     python benchmarks/robustness_grid.py                # prints the table, writes robustness_grid.json
@@ -74,7 +80,21 @@ def row(r: dict) -> dict:
     return {"case": r["case"], "search_test": search, "recipe_test": recipe, "difference": diff,
             "interval_half_width": half, "verdict": verdict, "winner": f"{best['strategy']} on {best['backbone']}",
             "search_wall_s": round(c["search"]["wall_s"]), "commit": r["commit"], "file": r["file"],
-            "from_refit_run": bool(refit)}
+            "from_refit_run": bool(refit), "selection": selection_rules(c["search"].get("trials_scored") or [])}
+
+
+def selection_rules(scored: list[dict]) -> dict | None:
+    """Test accuracy each selection rule would have exported from one search's scored trials."""
+    if not scored:
+        return None
+    leader = min(scored, key=lambda t: t["rank"] if t["rank"] is not None else 1 << 30)
+    tied = [t for t in scored if t["tied_with_best"]] or [leader]
+    recipes = [t for t in tied if t["recipe"]]
+    prefer = max(recipes, key=lambda t: t["validation_accuracy"]) if recipes else leader
+    return {"best_validation": leader["test_accuracy"], "recipe_when_tied": prefer["test_accuracy"],
+            "random_tied": sum(t["test_accuracy"] for t in tied) / len(tied),
+            "oracle": max(t["test_accuracy"] for t in scored), "trials": len(scored), "tied": len(tied),
+            "recipe_chosen_instead": prefer is not leader}
 
 
 def main() -> None:
@@ -96,10 +116,24 @@ def main() -> None:
     print(f"\n{counts['win']} wins, {counts['tie']} ties, {counts['loss']} losses over {len(rows)} cases; "
           f"mean difference {100 * mean:+.1f} points; {len(GRID) - len(missing)} of the {len(GRID)} grid cases "
           f"measured; missing: {', '.join(missing) or 'none'}")
+    rules = [r["selection"] for r in rows if r["selection"]]
+    selection = None
+    if rules:
+        names = ("best_validation", "recipe_when_tied", "random_tied", "oracle")
+        selection = {"cases": len(rules), **{n: sum(x[n] for x in rules) / len(rules) for n in names},
+                     "recipe_chosen_instead": sum(x["recipe_chosen_instead"] for x in rules)}
+        print(f"\nselection rules on the same trials ({len(rules)} cases with every trial scored on test), mean "
+              "test accuracy: " + ", ".join(f"{n} {selection[n]:.4f}" for n in names)
+              + f"; the recipe rule chose another trial than the leader in {selection['recipe_chosen_instead']}")
+        for r in rows:
+            if r["selection"]:
+                x = r["selection"]
+                print(f"  {r['case']}: " + ", ".join(f"{n} {x[n]:.3f}" for n in names)
+                      + f" ({x['tied']} of {x['trials']} trials tied with the leader)")
     out = {"benchmark": "robustness_grid", **provenance(()), "sources": [f.name for f in files],
            "runs_seen": len(seen), "cases": rows,
            "summary": {**counts, "cases": len(rows), "mean_difference": mean, "grid": len(GRID),
-                       "missing": missing}}
+                       "missing": missing, "selection": selection}}
     args.out.write_text(json.dumps(out, indent=2))
     print("->", args.out)
 
