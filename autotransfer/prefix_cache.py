@@ -11,11 +11,16 @@ training step or an evaluation runs only the blocks above.  On small data a tria
 (the step floor) and evaluates a dozen times, so the frozen bottom was recomputed tens of times per trial.
 
 Generic, with no per-architecture code: the prefix is the largest modules whose parameters all lie in the
-stem and the frozen blocks; each such module's output structure (a tensor, or a tuple led by one) is
-recorded in the pass and rebuilt around the replayed rows.  The replay is checked on the trial's first
-training batch and first validation batch against the model itself (eval mode, the same logits within
-float tolerance); where it does not hold -- a frozen parameter outside those modules (a ViT's position
-embedding), rows past the size limit, logits that differ -- the trial trains (or evaluates) as before, and
+stem and the frozen blocks; each such module's output structure (a tensor, or a tuple led by one) and shape
+are recorded in the pass.  A module whose output has the prefix output's shape (a text encoder's embeddings,
+each block) hands back the replayed rows; one whose output has another, fixed shape (a ViT's patch
+embedding, before the class token joins it) hands back zeros of its own shape, so the work between the
+replaced modules that no module holds (a ViT's class token and position embedding, parameters of the model
+itself) runs on cheap placeholders whose result the next replaced module ignores.  Parameter-free modules
+registered between the replaced ones (a ViT's position dropout) run in eval mode with them.  The replay is
+checked on the trial's first training batch and first validation batch against the model itself (eval
+mode, the same logits within float tolerance); where it does not hold -- rows past the size limit, a
+module whose output shape varies, logits that differ -- the trial trains (or evaluates) as before, and
 its report says why (``prefix_cache``).  A task whose evaluation batches are not indexed rows (token
 tagging scores whole sentences, trains on windows) replays training only.
 
@@ -26,6 +31,7 @@ same (backbone, depth) that Ray runs in the same worker (it reuses workers) skip
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -57,6 +63,8 @@ class PrefixRows:
     #: module name -> its output structure: () for a tensor, else the items after the leading tensor
     kinds: dict[str, tuple]
     seconds: float
+    #: module name -> None where its (leading) output has the prefix output's shape, else its fixed shape per row
+    shapes: dict[str, Optional[tuple]] = dataclasses.field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -100,6 +108,27 @@ def prefix_modules(model: nn.Module, bundle: ModelBundle, depth: int) -> tuple[l
     return chosen, sorted(set().union(*groups) - covered)
 
 
+def between(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """The parameter-free modules registered between the first and the last of ``modules`` and inside none of
+    them (a ViT's position dropout between its patch embedding and its first block): part of the frozen bottom's
+    computation, held by no frozen module."""
+    if not modules:
+        return []
+    names = [n for n, _ in modules]
+    found: list[tuple[str, nn.Module]] = []
+    started = False
+    for name, module in model.named_modules():
+        if name == names[0]:
+            started = True
+        if name == names[-1]:
+            break
+        if not started or not name or any(name == n or name.startswith(n + ".") for n in names):
+            continue
+        if next(module.parameters(), None) is None and not any(name.startswith(f + ".") for f, _ in found):
+            found.append((name, module))
+    return found
+
+
 def mark_frozen(modules: Iterable[tuple[str, nn.Module]]) -> None:
     """Keep these modules in eval mode while the model trains (see :func:`autotransfer.training.train_mode`)."""
     for _, module in modules:
@@ -137,14 +166,18 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
     start = time.perf_counter()
     last_name = modules[-1][0]
     kinds: dict[str, tuple] = {}
+    shapes: dict[str, Optional[tuple]] = {}
+    batch_shapes: dict[str, tuple] = {}  # this batch's output shape of each module that ran
     captured: list[torch.Tensor] = []
 
     def hook_for(name: str) -> Any:
         def hook(_module: nn.Module, _args: Any, out: Any) -> None:
             if name not in kinds:
                 kinds[name] = _kind(name, out)
+            lead = out if isinstance(out, torch.Tensor) else out[0]
+            batch_shapes[name] = tuple(lead.shape)
             if name == last_name:
-                captured.append(out if isinstance(out, torch.Tensor) else out[0])
+                captured.append(lead)
                 raise _Stop
 
         return hook
@@ -172,6 +205,11 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
             if not captured:
                 raise NotReplayable(f"{last_name} did not run in the forward pass")
             state = captured.pop().detach()
+            for name, shape in batch_shapes.items():  # what each replaced module will hand back for a batch
+                own = None if shape == tuple(state.shape) else shape[1:]
+                if shapes.setdefault(name, own) != own:
+                    raise NotReplayable(f"{name}'s output shape varies from batch to batch")
+            batch_shapes.clear()
             lengths = _lengths(state, inputs)
             ragged = lengths is not None if ragged is None else ragged
             for j, i in enumerate(idx.tolist()):
@@ -189,7 +227,7 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
     if any(r is None for r in rows):
         raise NotReplayable(f"the {split} batches did not cover every row")
     return PrefixRows(rows=rows, ragged=bool(ragged), kinds=kinds,  # type: ignore[arg-type]
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, shapes=shapes)
 
 
 class Replay:
@@ -202,16 +240,19 @@ class Replay:
         #: splits whose replay was checked against the model (:func:`verify`)
         self.verified: set[str] = set()
         self.state: Optional[torch.Tensor] = None
-        kinds = kept.splits["train"].kinds
-        self.modules = [(name, m) for name, m in modules if name in kinds]  # those the forward pass ran
-        for name, module in self.modules:
-            module.forward = self._forward(module.forward, kinds[name])  # instance attribute: this model only
+        train = kept.splits["train"]
+        self.modules = [(name, m) for name, m in modules if name in train.kinds]  # those the forward pass ran
+        for name, module in self.modules:  # instance attribute: this model only
+            module.forward = self._forward(module.forward, train.kinds[name], train.shapes.get(name))
 
-    def _forward(self, original: Any, kind: tuple) -> Any:
+    def _forward(self, original: Any, kind: tuple, shape: Optional[tuple]) -> Any:
         def forward(*args: Any, **kwargs: Any) -> Any:
             if self.state is None:
                 return original(*args, **kwargs)
-            return self.state if not kind else (self.state, *kind)
+            # a module before the prefix's end whose output has its own shape: a placeholder, as cheap as it gets
+            # (what is computed from it before the next replaced module is dropped there; verify() checks that)
+            out = self.state if shape is None else self.state.new_zeros((self.state.shape[0], *shape))
+            return out if not kind else (out, *kind)
 
         return forward
 
@@ -299,6 +340,10 @@ def attach(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module]], ke
                                                      config, max(0, limit - kept.nbytes), split="validation")
         except NotReplayable as exc:  # the evaluations compute the prefix, as before
             kept.off["validation"] = str(exc)
+        else:
+            if kept.splits["validation"].shapes != kept.splits["train"].shapes:  # the replay hands back train's
+                del kept.splits["validation"]
+                kept.off["validation"] = "its batches' module output shapes differ from training's"
         how = f"computed in {kept.seconds:.1f}s"
         if key is not None:
             _STORE[key] = kept

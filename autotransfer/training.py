@@ -453,15 +453,15 @@ def _frozen_prefix(strategy: Strategy, bundle: Any, starts: list[int], config: M
     depth = strategy.frozen_prefix(config, bundle) if bundle is not None and not starts else None
     if depth is None:
         return None, None
-    modules, loose = prefix_cache.prefix_modules(bundle.model, bundle, depth)
-    prefix_cache.mark_frozen(modules)
+    # frozen parameters held by no module of their own (a ViT's class token and position embedding) need no
+    # refusal here: their work runs on the replay's placeholders, and the first batch's check holds it
+    modules, _loose = prefix_cache.prefix_modules(bundle.model, bundle, depth)
+    prefix_cache.mark_frozen(modules + prefix_cache.between(bundle.model, modules))
     train_mode(bundle.model)
     if not ctx.prefix_cache:
         return None, "off: turned off"
     if depth == 0:  # the stem alone (embeddings): cheaper to compute than to keep
         return None, "off: nothing frozen above the stem"
-    if loose:
-        return None, f"off: {loose[0]} is frozen but not in a module of the frozen part"
     key = (ctx.search_id, config["backbone"], depth, str(device), str(dtype)) if ctx.search_id else None
     try:
         return prefix_cache.attach(task, bundle.model, modules, key, prepared, batch_size, device, dtype, config)

@@ -170,18 +170,67 @@ def test_images_replay_only_without_augmentation(shapes_dir, tiny_resnet, monkey
     assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)
 
 
-def test_a_vit_s_position_embedding_keeps_its_prefix_computed(tiny_vit):
+@pytest.mark.parametrize("depth", [1, 2])  # timm's test_vit has 2 blocks: 2 freezes them all
+def test_a_vit_replays_its_frozen_bottom_around_its_position_embedding(shapes_dir, tiny_vit, monkeypatch, depth):
+    """A ViT's class token and position embedding are parameters of the model itself, used between its patch
+    embedding and its first block: the replay hands the patch embedding a placeholder and the trial is the
+    same trial as without it (the losses match the plain trial's), its frozen bottom computed once."""
     import timm
 
+    from autotransfer.images import load_image_splits
     from autotransfer.tasks import get_task
+    from autotransfer.training import TrialContext, build_trial_model
 
     class Settings:
         trust_remote_code = False
         image_size = None
 
     task = get_task("image-cls")
+    splits = load_image_splits(shapes_dir)
     info = task.describe_backbone(f"local-dir:{tiny_vit}", Settings())
-    bundle = task.build(info, ["a", "b"], {})
-    modules, loose = prefix_cache.prefix_modules(bundle.model, bundle, 1)
-    assert loose  # cls_token / pos_embed sit on the model itself, between the replaced modules
-    assert isinstance(bundle.model, timm.models.VisionTransformer) and torch.is_tensor(bundle.model.pos_embed)
+    prepared, _ = task.prepare([info], splits, Settings())
+    base = {"backbone": info.name, "strategy": "freeze", "freeze_depth": depth, "lr": 3e-3, "batch_size": 16,
+            "augment": "none"}
+    _, adapted = build_trial_model(task, info, splits.label_names, base)
+    model = adapted.model
+    modules, loose = prefix_cache.prefix_modules(model, adapted.bundle, depth)
+    assert isinstance(model, timm.models.VisionTransformer)
+    assert {"cls_token", "pos_embed"} <= set(loose)  # held by the model itself, between the replaced modules
+    assert [n for n, _ in prefix_cache.between(model, modules)] == ["pos_drop", "patch_drop", "norm_pre"]
+
+    calls = []
+    real = prefix_cache.compute_rows
+    monkeypatch.setattr(prefix_cache, "compute_rows",
+                        lambda *a, **k: calls.append(k.get("split", "train")) or real(*a, **k))
+    ctx = TrialContext(task="image-cls", backbones={info.name: info}, prepared=prepared,
+                       label_names=splits.label_names, max_epochs=2, evals_per_epoch=1, seed=0,
+                       search_id=f"vit-{depth}")
+    runs = {}
+    for on in (False, True):
+        reports = []
+        last = train(base, dataclasses.replace(ctx, prefix_cache=on), lambda m, c: reports.append(m))
+        runs[on] = last, [r["train_loss"] for r in reports], [r["accuracy"] for r in reports]
+    assert runs[False][0]["prefix_cache"] == "off: turned off"
+    assert runs[True][0]["prefix_cache"].startswith("computed") and "off" not in runs[True][0]["prefix_cache"]
+    assert calls == ["train", "validation"]
+    assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-3, abs=1e-4)
+    assert runs[True][2] == pytest.approx(runs[False][2], abs=1e-9)
+
+
+def test_a_placeholder_whose_work_reaches_the_logits_is_caught_by_the_check(ctx, monkeypatch):
+    """The placeholders are only safe where the next replaced module drops what was computed from them: a
+    module whose recorded shape is wrong for the model makes the replayed logits differ (or fail), and the
+    trial trains without the replay."""
+    real = prefix_cache.compute_rows
+
+    def wrong_shape(*args, **kwargs):
+        found = real(*args, **kwargs)
+        found.shapes = {name: (3,) for name in found.shapes}  # every module "has its own shape"
+        return found
+
+    monkeypatch.setattr(prefix_cache, "compute_rows", wrong_shape)
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "freeze", "freeze_depth": 2, "lr": 3e-3,
+              "batch_size": 16}
+    last, _, _ = _run(dataclasses.replace(ctx, max_epochs=1), config)
+    # here the placeholders reach the classifier (a wrong width): the replayed forward pass fails on the check
+    assert last["prefix_cache"].startswith("off: the replayed forward pass fails")
