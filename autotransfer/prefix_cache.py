@@ -31,7 +31,6 @@ same (backbone, depth) that Ray runs in the same worker (it reuses workers) skip
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,7 +63,7 @@ class PrefixRows:
     kinds: dict[str, tuple]
     seconds: float
     #: module name -> None where its (leading) output has the prefix output's shape, else its fixed shape per row
-    shapes: dict[str, Optional[tuple]] = dataclasses.field(default_factory=dict)
+    shapes: dict[str, Optional[tuple]]
 
     @property
     def nbytes(self) -> int:
