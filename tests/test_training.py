@@ -333,6 +333,39 @@ def test_a_phase_change_keeps_the_optimizer_state_of_what_goes_on_training():
     assert schedule.last_epoch == 4  # the schedule continues where the trial is
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_the_fused_optimizer_step_trains_as_the_per_tensor_one(name, monkeypatch):
+    """On a CPU a trial's optimizer takes torch's fused step (benchmarks/fused_optimizer.py: several times faster);
+    the weights it trains must be those of the per-tensor default: decayed and undecayed groups, two learning
+    rates, 20 steps."""
+    import autotransfer.training as training
+
+    def trained(fused: bool) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+        monkeypatch.setattr(training, "FUSED_OPTIMIZER", fused)
+        torch.manual_seed(0)
+        weight, bias = torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))
+        head = torch.nn.Parameter(torch.randn(2, 32))
+        optimizer, schedule = training._optimization(
+            [{"params": [weight, bias], "lr": 1e-2}, {"params": [head], "lr": 1e-1}],
+            {"weight_decay": 0.1, "optimizer": name}, torch.device("cpu"), 0, 20)
+        grads = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            for p in (weight, bias, head):
+                p.grad = torch.randn(p.shape, generator=grads)
+            optimizer.step()
+            schedule.step()
+        return [weight.detach(), bias.detach(), head.detach()], optimizer
+
+    fused, fused_optimizer = trained(True)
+    plain, plain_optimizer = trained(False)
+    assert fused_optimizer.defaults["fused"] and not plain_optimizer.defaults["fused"]
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32), torch.randn(2, 32)]
+    for f, p, s in zip(fused, plain, start):
+        assert (p - s).abs().max() > 1e-3  # it trained
+        torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-6)
+
+
 def test_gradual_unfreeze_trains_only_the_groups_thawed_so_far(ctx, monkeypatch):
     import dataclasses
 
