@@ -1,5 +1,3 @@
-import sys
+from autotransfer.cli import run
 
-from autotransfer.cli import main
-
-sys.exit(main())
+run()

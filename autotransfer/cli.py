@@ -333,6 +333,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _unexpected(exc, args.debug)
 
 
+def run() -> None:
+    """The ``autotransfer`` command (and ``python -m autotransfer``): :func:`main`, then the exit.
+
+    After a search this process holds torch, transformers and Ray: hundreds of thousands of objects that the
+    interpreter's shutdown would walk with its garbage collector once more, only to free memory the process is
+    about to hand back (1.75 s after a one-trial search, against 0.37 s with the walk skipped).
+    ``gc.freeze()`` leaves them out of it; atexit handlers (Ray's shutdown, temporary folders) still run.
+    """
+    import gc
+
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 def _unexpected(exc: BaseException, debug: bool) -> int:
     if debug:
         raise exc
@@ -343,4 +358,4 @@ def _unexpected(exc: BaseException, debug: bool) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
