@@ -191,7 +191,7 @@ def _optimization(groups: list[dict[str, Any]], config: Mapping[str, Any], devic
 def _optimizer(groups: list[dict[str, Any]], weight_decay: float, device: torch.device,
                name: str = "adamw") -> torch.optim.Optimizer:
     """AdamW (or SGD with momentum 0.9, as in the classic vision recipes) with decay on weight matrices
-    only (no decay on biases and norms)."""
+    only (no decay on biases and norms), taking torch's fused step where it applies (:func:`fused_step`)."""
     split = []
     for g in groups:
         decay = [p for p in g["params"] if p.ndim >= 2]
@@ -216,7 +216,8 @@ def fused_step(device: torch.device, params: list[torch.Tensor]) -> bool:
 
     On a CPU the default AdamW step allocates parameter-sized temporaries (``sqrt``, ``div``) every step, and a
     text encoder's vocabulary embedding makes them tens of MB, each page-faulted in afresh: on MiniLM-L3 the step
-    took 80-95 ms against 12-17 ms fused, a third of a full fine-tuning step (``benchmarks/fused_optimizer.py``).
+    took 80-95 ms against 12-17 ms fused, about a third of a full fine-tuning step (whole trials, both ways:
+    ``benchmarks/fused_optimizer.py``).
     The update is the same (AdamW and SGD agree to 6e-8 after 30 steps).  Fused kernels exist for floating-point
     parameters on CPUs and CUDA GPUs; anything else keeps the default.
     """
