@@ -90,3 +90,13 @@ def cli_search(args: list[str], out: Path) -> tuple[dict, dict, float]:
     results = json.loads((out / "results.json").read_text())
     best = next(t for t in results["trials"] if t["trial_id"] == results["best_trial"])
     return results, best, wall
+
+
+def write_json(path: Path, benchmark: str, args: object, **parts: object) -> dict:
+    """A benchmark's JSON: its name, :func:`provenance`, its command-line settings, then ``parts`` (cases,
+    summary...); written at once, so a run stopped later keeps what it had measured, and returned."""
+    import json
+
+    out = {"benchmark": benchmark, **provenance(), "settings": {k: str(v) for k, v in vars(args).items()}, **parts}
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return out

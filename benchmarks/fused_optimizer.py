@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PrepareSettings, provenance  # noqa: E402
+from _common import PrepareSettings, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -159,10 +159,7 @@ def write(args: argparse.Namespace, rows: list[dict]) -> dict:
                "target": "full fine-tuning throughput ratio > 1; no trial slower beyond noise; accuracy unchanged "
                          "beyond the evaluation split's noise",
                "met": bool(full) and all(r["throughput_ratio"] > 1 for r in full)}
-    out = {"benchmark": "fused_optimizer", **provenance(), "settings": {k: str(v) for k, v in vars(args).items()},
-           "cases": rows, "summary": summary}
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return write_json(args.out, "fused_optimizer", args, cases=rows, summary=summary)
 
 
 if __name__ == "__main__":

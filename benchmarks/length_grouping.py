@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PrepareSettings, provenance  # noqa: E402
+from _common import PrepareSettings, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = REPO.parent / "shared" / "models" / "text"
@@ -147,10 +147,7 @@ def _write(args: argparse.Namespace, cases: list[dict]) -> dict:
                "test_interval_half_width": round(1.96 * (0.25 / args.test_rows) ** 0.5, 4)}
     summary["met"] = (summary["min_throughput_ratio"] >= 1.3
                       and summary["mean_accuracy_difference"] >= -summary["test_interval_half_width"])
-    out = {"benchmark": "length_grouping", **provenance(), "settings": {k: str(v) for k, v in vars(args).items()},
-           "cases": cases, "summary": summary}
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return write_json(args.out, "length_grouping", args, cases=cases, summary=summary)
 
 
 if __name__ == "__main__":
