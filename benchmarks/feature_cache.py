@@ -33,7 +33,7 @@ with the caches and with ``--no-feature-cache`` -- one trial at a time on both c
 (``--max-concurrent 1 --cpus-per-trial 2``: the sampler and ASHA then see the same results in
 the same order, so both runs try the same configurations and compare at the same trial budget;
 checked, and said when not).  First with ``--strategies linear_probe,freeze``, then with the
-shipped strategies.  Per run: wall time, the trials (strategy, freeze depth, seconds, what the
+shipped strategies (``--search-cases`` runs one of the two).  Per run: wall time, the trials (strategy, freeze depth, seconds, what the
 cache did), the share of linear probes and deep freezes (depth >= half the blocks), and
 the export's test accuracy.  Target (issue #16): search wall time <= 0.7x when a quarter or
 more of the trials are linear probes or deep freezes.
@@ -212,6 +212,9 @@ def main() -> None:
     ap.add_argument("--image-min-steps", type=int, default=100,
                     help="--min-steps of the image searches (the CLI default, 300, makes a depth-0 freeze trial of "
                          "these CNNs 10-20 minutes on 2 CPU cores; both sides get the same)")
+    ap.add_argument("--search-cases", choices=("both", "probes-and-freezes", "shipped"), default="both",
+                    help="which of --part search's two cases to run: --strategies linear_probe,freeze (the one the "
+                         "target names), the shipped strategies, or both in that order")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
     import transformers
@@ -266,7 +269,10 @@ def main() -> None:
             "train_loss_changes": [round(c["cached_train_loss"] - c["uncached_train_loss"], 5) for c in freeze]}
     if args.part == "search":
         out["search_cases"], out["summary"]["search"] = [], []
-        for strategies in (["linear_probe", "freeze"], None):  # the case the target names first
+        cases = {"probes-and-freezes": ["linear_probe", "freeze"], "shipped": None}
+        for name, strategies in cases.items():  # the case the target names first
+            if args.search_cases not in ("both", name):
+                continue
             c = search_case(folder, strategies, args.seed)
             out["search_cases"].append(c)
             out["summary"]["search"].append(search_summary(c))
