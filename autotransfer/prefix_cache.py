@@ -64,6 +64,9 @@ class PrefixRows:
     seconds: float
     #: module name -> None where its (leading) output has the prefix output's shape, else its fixed shape per row
     shapes: dict[str, Optional[tuple]]
+    #: the layout the prefix output had in the model (a CNN's channels-last maps): a replayed batch is given it
+    #: back, so the first trainable module runs the same kernels, and rounds the same, as in a plain trial
+    memory_format: torch.memory_format
 
     @property
     def nbytes(self) -> int:
@@ -188,6 +191,7 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
                             f"this task's {split} batches are not indexed rows")
     rows: list[Optional[torch.Tensor]] = [None] * task.num_examples(prepared, split)
     ragged: Optional[bool] = None
+    memory_format = torch.contiguous_format
     size = 0
     was_training = model.training
     rng = torch.get_rng_state()  # a loader may seed the global generator: the trial's dropout draws stay its own
@@ -204,6 +208,9 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
             if not captured:
                 raise NotReplayable(f"{last_name} did not run in the forward pass")
             state = captured.pop().detach()
+            if state.dim() == 4 and not state.is_contiguous() and state.is_contiguous(
+                    memory_format=torch.channels_last):
+                memory_format = torch.channels_last
             for name, shape in batch_shapes.items():  # what each replaced module will hand back for a batch
                 own = None if shape == tuple(state.shape) else shape[1:]
                 if shapes.setdefault(name, own) != own:
@@ -226,7 +233,7 @@ def compute_rows(task: Any, model: nn.Module, modules: list[tuple[str, nn.Module
     if any(r is None for r in rows):
         raise NotReplayable(f"the {split} batches did not cover every row")
     return PrefixRows(rows=rows, ragged=bool(ragged), kinds=kinds,  # type: ignore[arg-type]
-                      seconds=time.perf_counter() - start, shapes=shapes)
+                      seconds=time.perf_counter() - start, shapes=shapes, memory_format=memory_format)
 
 
 class Replay:
@@ -273,7 +280,7 @@ class Replay:
             if state.shape[1] < width:  # the batch pads past its longest row
                 state = nn.functional.pad(state, (0, 0) * (state.dim() - 2) + (0, width - state.shape[1]))
         else:
-            state = torch.stack(rows)
+            state = torch.stack(rows).contiguous(memory_format=found.memory_format)
         self.state = state.to(device, non_blocking=True)
 
     def clear(self) -> None:

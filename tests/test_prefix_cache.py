@@ -234,3 +234,42 @@ def test_a_placeholder_whose_work_reaches_the_logits_is_caught_by_the_check(ctx,
     last, _, _ = _run(dataclasses.replace(ctx, max_epochs=1), config)
     # here the placeholders reach the classifier (a wrong width): the replayed forward pass fails on the check
     assert last["prefix_cache"].startswith("off: the replayed forward pass fails")
+
+def test_a_replayed_cnn_batch_keeps_the_model_s_channels_last_layout(shapes_dir, tiny_resnet):
+    """An image trial runs its CNN on channels-last maps; rows replayed in the default layout would send the first
+    trainable block down other kernels, which round differently, and the replayed trial would drift from the plain
+    one (a search's ASHA then stopped it at another rung).  With the layout given back it is the same trial, to the
+    bit."""
+    from autotransfer.images import load_image_splits
+    from autotransfer.tasks import get_task
+    from autotransfer.training import TrialContext
+
+    class Settings:
+        trust_remote_code = False
+        image_size = None
+
+    task = get_task("image-cls")
+    splits = load_image_splits(shapes_dir)
+    info = task.describe_backbone(f"local-dir:{tiny_resnet}", Settings())
+    prepared, _ = task.prepare([info], splits, Settings())
+    ctx = TrialContext(task="image-cls", backbones={info.name: info}, prepared=prepared,
+                       label_names=splits.label_names, max_epochs=3, evals_per_epoch=1, seed=0, search_id="layout")
+    config = {"backbone": info.name, "strategy": "freeze", "freeze_depth": 2, "lr": 3e-2, "batch_size": 8,
+              "augment": "none"}
+    seen = []
+    load = prefix_cache.Replay.load
+
+    def spy(self, *args, **kwargs):
+        load(self, *args, **kwargs)
+        seen.append(self.state.is_contiguous(memory_format=torch.channels_last))
+
+    runs = {}
+    for on in (False, True):
+        reports = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(prefix_cache.Replay, "load", spy)
+            last = train(config, dataclasses.replace(ctx, prefix_cache=on), lambda m, c: reports.append(m))
+        runs[on] = [(r["train_loss"], r["accuracy"]) for r in reports]
+        assert last["prefix_cache"].startswith("computed") if on else last["prefix_cache"] == "off: turned off"
+    assert seen and all(seen)
+    assert runs[True] == runs[False]  # the same floats, not merely close ones
