@@ -142,7 +142,9 @@ def test_other_strategies_keep_their_own_modes(ctx):
         assert "prefix_cache" not in last, strategy
 
 
-def test_images_replay_only_without_augmentation(shapes_dir, tiny_resnet, monkeypatch):
+@pytest.fixture(scope="module")
+def image_ctx(shapes_dir, tiny_resnet):
+    """An image-cls trial context on the generated shapes with a tiny timm ResNet."""
     from autotransfer.images import load_image_splits
     from autotransfer.tasks import get_task
     from autotransfer.training import TrialContext
@@ -155,9 +157,14 @@ def test_images_replay_only_without_augmentation(shapes_dir, tiny_resnet, monkey
     splits = load_image_splits(shapes_dir)
     info = task.describe_backbone(f"local-dir:{tiny_resnet}", Settings())
     prepared, _ = task.prepare([info], splits, Settings())
-    ctx = TrialContext(task="image-cls", backbones={info.name: info}, prepared=prepared,
-                       label_names=splits.label_names, max_epochs=2, evals_per_epoch=1, seed=0, search_id="s")
-    base = {"backbone": info.name, "strategy": "freeze", "freeze_depth": 2, "lr": 3e-3, "batch_size": 16}
+    return TrialContext(task="image-cls", backbones={info.name: info}, prepared=prepared,
+                        label_names=splits.label_names, max_epochs=2, evals_per_epoch=1, seed=0, search_id="s")
+
+
+def test_images_replay_only_without_augmentation(image_ctx):
+    ctx = image_ctx
+    base = {"backbone": next(iter(ctx.backbones)), "strategy": "freeze", "freeze_depth": 2, "lr": 3e-3,
+            "batch_size": 16}
     augmented = train({**base, "augment": "light"}, ctx, lambda m, c: None)
     assert augmented["prefix_cache"].startswith("off: this task's training batches are not a fixed function")
     losses = {}
@@ -235,27 +242,14 @@ def test_a_placeholder_whose_work_reaches_the_logits_is_caught_by_the_check(ctx,
     # here the placeholders reach the classifier (a wrong width): the replayed forward pass fails on the check
     assert last["prefix_cache"].startswith("off: the replayed forward pass fails")
 
-def test_a_replayed_cnn_batch_keeps_the_model_s_channels_last_layout(shapes_dir, tiny_resnet):
+def test_a_replayed_cnn_batch_keeps_the_model_s_channels_last_layout(image_ctx):
     """An image trial runs its CNN on channels-last maps; rows replayed in the default layout would send the first
     trainable block down other kernels, which round differently, and the replayed trial would drift from the plain
     one (a search's ASHA then stopped it at another rung).  With the layout given back it is the same trial, to the
     bit."""
-    from autotransfer.images import load_image_splits
-    from autotransfer.tasks import get_task
-    from autotransfer.training import TrialContext
-
-    class Settings:
-        trust_remote_code = False
-        image_size = None
-
-    task = get_task("image-cls")
-    splits = load_image_splits(shapes_dir)
-    info = task.describe_backbone(f"local-dir:{tiny_resnet}", Settings())
-    prepared, _ = task.prepare([info], splits, Settings())
-    ctx = TrialContext(task="image-cls", backbones={info.name: info}, prepared=prepared,
-                       label_names=splits.label_names, max_epochs=3, evals_per_epoch=1, seed=0, search_id="layout")
-    config = {"backbone": info.name, "strategy": "freeze", "freeze_depth": 2, "lr": 3e-2, "batch_size": 8,
-              "augment": "none"}
+    ctx = dataclasses.replace(image_ctx, max_epochs=3, search_id="layout")
+    config = {"backbone": next(iter(ctx.backbones)), "strategy": "freeze", "freeze_depth": 2, "lr": 3e-2,
+              "batch_size": 8, "augment": "none"}
     seen = []
     load = prefix_cache.Replay.load
 
