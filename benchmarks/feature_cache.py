@@ -33,8 +33,8 @@ with the caches and with ``--no-feature-cache`` -- one trial at a time on both c
 (``--max-concurrent 1 --cpus-per-trial 2``: the sampler and ASHA then see the same results in
 the same order, so both runs try the same configurations and compare at the same trial budget;
 checked, and said when not).  First with ``--strategies linear_probe,freeze``, then with the
-shipped strategies (``--search-cases`` runs one of the two).  Per run: wall time, the trials (strategy, freeze depth, seconds, what the
-cache did), the share of linear probes and deep freezes (depth >= half the blocks), and
+shipped strategies (``--search-cases`` runs one of the two).  Per run: wall time, the trials
+(strategy, freeze depth, seconds, what the cache did), the share of linear probes and deep freezes (depth >= half the blocks), and
 the export's test accuracy.  Target (issue #16): search wall time <= 0.7x when a quarter or
 more of the trials are linear probes or deep freezes.
 
