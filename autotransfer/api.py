@@ -157,11 +157,10 @@ def _release_gpu_cache() -> None:
     import sys
 
     torch = sys.modules.get("torch")
-    if torch is None:
-        return
+    if torch is None or not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return  # nothing cached on a GPU: no collection either (it took 0.3 s of a CPU search's end)
     gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
 
 
 class _Search:
