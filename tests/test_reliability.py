@@ -352,11 +352,16 @@ def test_a_search_hands_its_cached_gpu_blocks_back_when_it_ends_even_on_an_error
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    _refused_search(tmp_path)
+    assert calls == [1]
+
+
+def _refused_search(tmp_path):
+    """A search refused at the door (one class only): it ends at once, through the search's cleanup."""
     data = tmp_path / "one_class.csv"
     data.write_text("text,label\n" + "".join(f"sentence {i},pos\n" for i in range(20)))
     with pytest.raises(autotransfer.UserError, match="class"):
         autotransfer.search(task="text-cls", data=data, dashboard=False, output=tmp_path / "run")
-    assert calls == [1]
 
 
 def test_a_search_without_a_gpu_skips_the_closing_collection(tmp_path, monkeypatch):
@@ -368,8 +373,5 @@ def test_a_search_without_a_gpu_skips_the_closing_collection(tmp_path, monkeypat
     monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or 0)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
-    data = tmp_path / "one_class.csv"
-    data.write_text("text,label\n" + "".join(f"sentence {i},pos\n" for i in range(20)))
-    with pytest.raises(autotransfer.UserError, match="class"):
-        autotransfer.search(task="text-cls", data=data, dashboard=False, output=tmp_path / "run")
+    _refused_search(tmp_path)
     assert collections == [] and emptied == []
