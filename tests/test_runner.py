@@ -15,8 +15,13 @@ _COUNT_IDLE = textwrap.dedent("""
 
     start_ray(types.SimpleNamespace(address=None, dashboard=False, verbose=False))
     time.sleep(4)
-    tree = psutil.Process().children(recursive=True)
-    print("idle", sum(1 for p in tree if "ray::IDLE" in " ".join(p.cmdline())), "processes", len(tree))
+    names = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            names.append(" ".join(p.cmdline()))
+        except psutil.Error:  # ended between the listing and the read
+            pass
+    print("idle", sum(1 for n in names if "ray::IDLE" in n), "processes", len(names))
     ray.shutdown()
 """)
 
