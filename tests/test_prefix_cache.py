@@ -242,6 +242,7 @@ def test_a_placeholder_whose_work_reaches_the_logits_is_caught_by_the_check(ctx,
     # here the placeholders reach the classifier (a wrong width): the replayed forward pass fails on the check
     assert last["prefix_cache"].startswith("off: the replayed forward pass fails")
 
+
 def test_a_replayed_cnn_batch_keeps_the_model_s_channels_last_layout(image_ctx):
     """An image trial runs its CNN on channels-last maps; rows replayed in the default layout would send the first
     trainable block down other kernels, which round differently, and the replayed trial would drift from the plain
