@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -183,8 +184,12 @@ def _optimization(groups: list[dict[str, Any]], config: Mapping[str, Any], devic
                     optimizer.state[param] = previous.state[param]
     scheduler = lr_schedule(optimizer, str(config.get("scheduler", "linear")),
                             int(round(float(config.get("warmup_ratio", 0.0)) * total_steps)), total_steps)
-    for _ in range(step):
-        scheduler.step()
+    with warnings.catch_warnings():
+        # fast-forwarding a fresh optimizer's schedule (a phase change, a resumed trial) is meant: torch's
+        # "lr_scheduler.step() before optimizer.step()" warning would only scare a user reading the trial's log
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
+        for _ in range(step):
+            scheduler.step()
     return optimizer, scheduler
 
 
