@@ -187,7 +187,8 @@ def _optimization(groups: list[dict[str, Any]], config: Mapping[str, Any], devic
     with warnings.catch_warnings():
         # fast-forwarding a fresh optimizer's schedule (a phase change, a resumed trial) is meant: torch's
         # "lr_scheduler.step() before optimizer.step()" warning would only scare a user reading the trial's log
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                category=UserWarning)
         for _ in range(step):
             scheduler.step()
     return optimizer, scheduler
