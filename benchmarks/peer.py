@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -187,7 +186,9 @@ def main() -> None:
         if args.fixed_costs is not None:
             fixed = args.fixed_costs
         else:
-            concurrent = max(1, os.cpu_count() or 1)  # trials at once: one CPU each, the default
+            from autotransfer.settings import local_cpu_count
+
+            concurrent = local_cpu_count()  # trials at once: one CPU each, the CPUs the local Ray is given
             fixed = max(0.0, ours["wall_s"] - ours["trial_seconds"] / min(concurrent, args.num_samples))
         budget = peer_result["wall_s"] - fixed
         matched = run_autotransfer(autotransfer, data, tmp / "search-matched", args.wall_samples, args.max_epochs,
