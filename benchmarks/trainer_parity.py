@@ -1,0 +1,162 @@
+"""Benchmark: autotransfer's training loop vs ``transformers.Trainer`` at one fixed configuration.
+
+The peer comparison (``peer.py``) found autotransfer's search 1.5-1.9 test points behind
+``Trainer.hyperparameter_search`` on SST-2.  That gap is either the search (which
+configuration it picks) or the training loop (what one configuration reaches).  This
+script measures the second alone: the peer's winning configuration (MiniLM-L6, full
+fine-tuning, lr 1.14e-4, weight decay 0.01, no warm-up, linear decay, batch 32, 3 epochs)
+trained by both, on the same SST-2 sample, for several seeds:
+
+- **trainer**: ``transformers.Trainer`` exactly as ``peer.py`` runs it; the weights it ends
+  with are scored on the validation and test sets (validation after every epoch too).
+- **autotransfer**: ``autotransfer.search`` with a one-point space (the same values; the
+  head at the backbone's rate, no layer decay), one trial, no recipes, no soup, no step
+  floor (``min_steps=0``), so the trial trains the same 3 epochs; its exported model is
+  scored on the test set.  It evaluates ``evals_per_epoch`` times an epoch and exports the
+  best evaluation (its normal behaviour); the validation at its last evaluation is written
+  too, the figure comparable with the Trainer's final weights.
+
+Prints and writes JSON: per seed and side the validation and test accuracy, their means
+and spreads, and the mean test difference (autotransfer - trainer).
+
+    python benchmarks/trainer_parity.py              # ~20 minutes on 2 CPU cores (3 seeds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import provenance  # noqa: E402
+from text_cls import BACKBONES, SST2, TokenizedRows, make_data, read_splits  # noqa: E402
+
+CONFIG = {"lr": 1.1387317092169066e-4, "weight_decay": 0.01, "warmup_ratio": 0.0, "batch_size": 32, "epochs": 3}
+
+
+def trainer_side(backbone: Path, data: Path, out: Path, seed: int) -> dict:
+    """One ``transformers.Trainer`` run (``peer.py``'s arguments) at ``CONFIG``; final weights scored."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    start = time.perf_counter()
+    frames = read_splits(data)
+    tok = AutoTokenizer.from_pretrained(backbone)
+    train, dev, test = (TokenizedRows(tok, frames[s]) for s in ("train", "dev", "test"))
+
+    def accuracy(pred):
+        return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+    args = TrainingArguments(output_dir=str(out), num_train_epochs=CONFIG["epochs"], learning_rate=CONFIG["lr"],
+                             per_device_train_batch_size=CONFIG["batch_size"], per_device_eval_batch_size=64,
+                             weight_decay=CONFIG["weight_decay"], warmup_steps=0,  # CONFIG["warmup_ratio"] is 0
+                             eval_strategy="epoch", save_strategy="no", report_to=[], seed=seed,
+                             logging_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+    trainer = Trainer(model_init=lambda: AutoModelForSequenceClassification.from_pretrained(
+                          backbone, num_labels=2, dtype=torch.float32),
+                      args=args, train_dataset=train, eval_dataset=dev,
+                      data_collator=DataCollatorWithPadding(tok), compute_metrics=accuracy)
+    trainer.train()
+    per_epoch = [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h]
+    pred = trainer.predict(test)
+    return {"validation_accuracy": per_epoch[-1], "validation_per_epoch": per_epoch,
+            "test_accuracy": float((pred.predictions.argmax(-1) == np.asarray(test.labels)).mean()),
+            "wall_s": time.perf_counter() - start}
+
+
+def space_file(folder: Path, backbone: Path) -> Path:
+    """A one-point space: full fine-tuning at ``CONFIG`` (YAML is a superset of JSON)."""
+    space = {"task": "text-cls", "description": "trainer_parity.py: one fixed configuration",
+             "backbones": [str(backbone)],
+             "params": {"batch_size": CONFIG["batch_size"], "weight_decay": CONFIG["weight_decay"],
+                        "warmup_ratio": CONFIG["warmup_ratio"]},
+             "strategies": {"full": {"lr": CONFIG["lr"], "head_lr": CONFIG["lr"], "layer_decay": 1.0}}}
+    path = folder / "space.yaml"
+    path.write_text(json.dumps(space, indent=2))
+    return path
+
+
+def autotransfer_side(autotransfer, backbone: Path, data: Path, out: Path, seed: int) -> dict:
+    """One ``autotransfer.search`` trial at ``CONFIG``; its exported model scored on the test set."""
+    from autotransfer.settings import local_cpu_count
+
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    result = autotransfer.search(
+        task="text-cls", data=data, space=space_file(out, backbone), num_samples=1,
+        max_epochs=CONFIG["epochs"], min_steps=0, baseline=False, soup=False, warm_start=False,
+        cpus_per_trial=float(local_cpu_count()), seed=seed, dashboard=False, output=out / "run",
+    )
+    best = result.best
+    return {"validation_accuracy": best.best_metric, "best_epoch": best.best_epoch,
+            "validation_last_eval": best.history[-1][1] if best.history else None,
+            "history": best.history, "epochs": best.epochs,
+            "test_accuracy": result.test_metrics["accuracy"], "wall_s": time.perf_counter() - start}
+
+
+def summary(rows: list[dict], key: str) -> dict:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "min": min(vals), "max": max(vals)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-rows", type=int, default=2000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="training seeds (the data sample is drawn once, with --data-seed)")
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    args = ap.parse_args()
+    backbone = BACKBONES[0]
+    if not SST2.is_dir() or not backbone.is_dir():
+        sys.exit(f"needs {SST2} and {backbone}")
+
+    import transformers
+
+    import autotransfer
+
+    transformers.utils.logging.set_verbosity_error()
+    tmp = Path(tempfile.mkdtemp(prefix="autotransfer-parity-"))
+    data = make_data(tmp / "sst2", args.train_rows, args.data_seed)
+    runs = {"trainer": [], "autotransfer": []}
+    for seed in args.seeds:  # the sides alternate, so a drift of the machine touches both
+        t = trainer_side(backbone, data, tmp / f"trainer-{seed}", seed)
+        runs["trainer"].append({"seed": seed, **t})
+        print(f"seed {seed} trainer: validation {t['validation_accuracy']:.4f}, test {t['test_accuracy']:.4f}, "
+              f"{t['wall_s']:.0f}s", flush=True)
+        a = autotransfer_side(autotransfer, backbone, data, tmp / f"autotransfer-{seed}", seed)
+        runs["autotransfer"].append({"seed": seed, **a})
+        print(f"seed {seed} autotransfer: validation {a['validation_accuracy']:.4f} (last evaluation "
+              f"{a['validation_last_eval']}), test {a['test_accuracy']:.4f}, {a['wall_s']:.0f}s", flush=True)
+
+    sides = {name: {"test_accuracy": summary(rows, "test_accuracy"),
+                    "validation_accuracy": summary(rows, "validation_accuracy"),
+                    "wall_s": summary(rows, "wall_s")} for name, rows in runs.items()}
+    sides["autotransfer"]["validation_last_eval"] = summary(runs["autotransfer"], "validation_last_eval")
+    diffs = [a["test_accuracy"] - t["test_accuracy"] for a, t in zip(runs["autotransfer"], runs["trainer"])]
+    result = {
+        "benchmark": "trainer_parity", **provenance(),
+        "data": {"train_rows": args.train_rows, "data_seed": args.data_seed, "source": "SST-2",
+                 "validation_rows": 872, "test_rows": 1821},
+        "backbone": backbone.name, "config": CONFIG, "runs": runs, "summary": sides,
+        "test_difference": {"per_seed": diffs, "mean": statistics.fmean(diffs)},
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    for name, s in sides.items():
+        print(f"{name}: test {s['test_accuracy']['mean']:.4f} +- {s['test_accuracy']['sd']:.4f}, validation "
+              f"{s['validation_accuracy']['mean']:.4f} +- {s['validation_accuracy']['sd']:.4f}")
+    print(f"test difference (autotransfer - trainer): {statistics.fmean(diffs):+.4f} per seed {diffs}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
