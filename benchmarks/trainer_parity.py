@@ -9,6 +9,8 @@ trained by both, on the same SST-2 sample, for several seeds:
 
 - **trainer**: ``transformers.Trainer`` exactly as ``peer.py`` runs it; the weights it ends
   with are scored on the validation and test sets (validation after every epoch too).
+- **trainer-grouped** (``--sides``): the same Trainer with ``group_by_length=True``, the
+  length-grouped batch order autotransfer trains in; the one training difference tested alone.
 - **autotransfer**: ``autotransfer.search`` with a one-point space (the same values; the
   head at the backbone's rate, no layer decay), one trial, no recipes, no soup, no step
   floor (``min_steps=0``), so the trial trains the same 3 epochs; its exported model is
@@ -20,6 +22,7 @@ Prints and writes JSON: per seed and side the validation and test accuracy, thei
 and spreads, and the mean test difference (autotransfer - trainer).
 
     python benchmarks/trainer_parity.py              # ~20 minutes on 2 CPU cores (3 seeds)
+    python benchmarks/trainer_parity.py --sides trainer trainer-grouped autotransfer --seeds 0 1 2 3 4  # ~40
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import provenance  # noqa: E402
 from text_cls import BACKBONES, SST2, TokenizedRows, make_data, read_splits  # noqa: E402
 
+SIDES = ("trainer", "trainer-grouped", "autotransfer")
 CONFIG = {"lr": 1.1387317092169066e-4, "weight_decay": 0.01, "warmup_ratio": 0.0, "batch_size": 32, "epochs": 3}
 
 
-def trainer_side(backbone: Path, data: Path, out: Path, seed: int) -> dict:
-    """One ``transformers.Trainer`` run (``peer.py``'s arguments) at ``CONFIG``; final weights scored."""
+def trainer_side(backbone: Path, data: Path, out: Path, seed: int, group_by_length: bool = False) -> dict:
+    """One ``transformers.Trainer`` run (``peer.py``'s arguments) at ``CONFIG``; final weights scored.
+    ``group_by_length``: the Trainer's own length-grouped batches (autotransfer's order, from the same
+    ``get_length_grouped_indices``, with the same mega-batch size at these sizes)."""
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
@@ -59,7 +65,8 @@ def trainer_side(backbone: Path, data: Path, out: Path, seed: int) -> dict:
                              per_device_train_batch_size=CONFIG["batch_size"], per_device_eval_batch_size=64,
                              weight_decay=CONFIG["weight_decay"], warmup_steps=0,  # CONFIG["warmup_ratio"] is 0
                              eval_strategy="epoch", save_strategy="no", report_to=[], seed=seed,
-                             logging_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+                             logging_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+                             group_by_length=group_by_length)
     trainer = Trainer(model_init=lambda: AutoModelForSequenceClassification.from_pretrained(
                           backbone, num_labels=2, dtype=torch.float32),
                       args=args, train_dataset=train, eval_dataset=dev,
@@ -114,6 +121,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                     help="training seeds (the data sample is drawn once, with --data-seed)")
     ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--sides", nargs="+", choices=SIDES, default=["trainer", "autotransfer"],
+                    help="which sides to run, each for every seed (default: trainer autotransfer)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = ap.parse_args()
     backbone = BACKBONES[0]
@@ -127,34 +136,41 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     tmp = Path(tempfile.mkdtemp(prefix="autotransfer-parity-"))
     data = make_data(tmp / "sst2", args.train_rows, args.data_seed)
-    runs = {"trainer": [], "autotransfer": []}
-    for seed in args.seeds:  # the sides alternate, so a drift of the machine touches both
-        t = trainer_side(backbone, data, tmp / f"trainer-{seed}", seed)
-        runs["trainer"].append({"seed": seed, **t})
-        print(f"seed {seed} trainer: validation {t['validation_accuracy']:.4f}, test {t['test_accuracy']:.4f}, "
-              f"{t['wall_s']:.0f}s", flush=True)
-        a = autotransfer_side(autotransfer, backbone, data, tmp / f"autotransfer-{seed}", seed)
-        runs["autotransfer"].append({"seed": seed, **a})
-        print(f"seed {seed} autotransfer: validation {a['validation_accuracy']:.4f} (last evaluation "
-              f"{a['validation_last_eval']}), test {a['test_accuracy']:.4f}, {a['wall_s']:.0f}s", flush=True)
+    runs: dict[str, list[dict]] = {side: [] for side in args.sides}
+    for seed in args.seeds:  # the sides alternate, so a drift of the machine touches them all
+        for side in args.sides:
+            if side == "autotransfer":
+                r = autotransfer_side(autotransfer, backbone, data, tmp / f"{side}-{seed}", seed)
+            else:
+                r = trainer_side(backbone, data, tmp / f"{side}-{seed}", seed, group_by_length=side != "trainer")
+            runs[side].append({"seed": seed, **r})
+            print(f"seed {seed} {side}: validation {r['validation_accuracy']:.4f}, test {r['test_accuracy']:.4f}, "
+                  f"{r['wall_s']:.0f}s", flush=True)
 
     sides = {name: {"test_accuracy": summary(rows, "test_accuracy"),
                     "validation_accuracy": summary(rows, "validation_accuracy"),
                     "wall_s": summary(rows, "wall_s")} for name, rows in runs.items()}
-    sides["autotransfer"]["validation_last_eval"] = summary(runs["autotransfer"], "validation_last_eval")
-    diffs = [a["test_accuracy"] - t["test_accuracy"] for a, t in zip(runs["autotransfer"], runs["trainer"])]
+    if "autotransfer" in runs:
+        sides["autotransfer"]["validation_last_eval"] = summary(runs["autotransfer"], "validation_last_eval")
+    differences = {}  # each other side - the plain Trainer, seed by seed
+    for side in runs:
+        if side != "trainer" and "trainer" in runs:
+            for key in ("test_accuracy", "validation_accuracy"):
+                d = [a[key] - t[key] for a, t in zip(runs[side], runs["trainer"])]
+                differences[f"{side}_minus_trainer_{key}"] = {"per_seed": d, "mean": statistics.fmean(d)}
     result = {
         "benchmark": "trainer_parity", **provenance(),
         "data": {"train_rows": args.train_rows, "data_seed": args.data_seed, "source": "SST-2",
                  "validation_rows": 872, "test_rows": 1821},
         "backbone": backbone.name, "config": CONFIG, "runs": runs, "summary": sides,
-        "test_difference": {"per_seed": diffs, "mean": statistics.fmean(diffs)},
+        "differences": differences,
     }
     args.out.write_text(json.dumps(result, indent=2))
     for name, s in sides.items():
         print(f"{name}: test {s['test_accuracy']['mean']:.4f} +- {s['test_accuracy']['sd']:.4f}, validation "
               f"{s['validation_accuracy']['mean']:.4f} +- {s['validation_accuracy']['sd']:.4f}")
-    print(f"test difference (autotransfer - trainer): {statistics.fmean(diffs):+.4f} per seed {diffs}")
+    for name, d in differences.items():
+        print(f"{name}: {d['mean']:+.4f} (per seed {', '.join(f'{x:+.4f}' for x in d['per_seed'])})")
     print(f"wrote {args.out}")
 
 
