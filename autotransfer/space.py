@@ -45,13 +45,14 @@ TRAINING_PARAMS = {
     "augment": "image augmentation strength: none, light or strong (image-cls)",
     "scheduler": "learning-rate schedule after the warm-up: linear, cosine or constant (transformers.get_scheduler)",
     "optimizer": "adamw, or sgd with momentum 0.9 (the classic vision recipe)",
+    "batch_order": "training batches: random (shuffled), or length (grouped by length: less padding; text-cls)",
 }
 #: the values a categorical training parameter may take (checked when the space is read)
 TRAINING_CHOICES = {"augment": ("none", "light", "strong"), "scheduler": ("linear", "cosine", "constant"),
-                    "optimizer": ("adamw", "sgd")}
+                    "optimizer": ("adamw", "sgd"), "batch_order": ("random", "length")}
 #: recommended values of the training parameters (used by warm-start trials when the space allows them)
 TRAINING_DEFAULTS = {"batch_size": 32, "weight_decay": 0.01, "warmup_ratio": 0.06, "label_smoothing": 0.0,
-                     "augment": "light", "scheduler": "linear", "optimizer": "adamw"}
+                     "augment": "light", "scheduler": "linear", "optimizer": "adamw", "batch_order": "random"}
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 LAYERS_SYMBOL = "num_layers"
 _TOP_KEYS = {"task", "description", "backbones", "params", "strategies"}

@@ -1,10 +1,11 @@
 """Benchmark: text training batches grouped by length vs shuffled at random, same trials side by side.
 
-The text task's training epochs come in ``transformers``' length-grouped order (shuffled, then
-sorted by length within mega-batches of a few batches: ``autotransfer.tasks.text_cls.length_grouped_order``)
-so that a batch pads to about its rows' own length.  Before, batches were drawn at random and padded
-to their longest row.  This script runs the same trials both ways in one process, one after the other
-(the random arm puts back the plain seeded shuffle the loader used before):
+With ``batch_order: length`` the text task's training epochs come in ``transformers``' length-grouped
+order (shuffled, then sorted by length within mega-batches of a few batches:
+``autotransfer.tasks.text_cls.length_grouped_order``) so that a batch pads to about its rows' own length;
+by default (and before 8f3a14f; grouping was the default from 8f3a14f to 2026-12-07) batches are drawn at
+random and padded to their longest row.  This script runs the same trials both ways in one process, one
+after the other:
 
 - data: for each of SST-2, SUBJ and SST-5, ``--rows`` stratified training rows and ``--test-rows``
   test rows (``robustness.py``'s sampling); no choice is made here, so the test rows are the
@@ -44,18 +45,16 @@ TRIALS = [("all-MiniLM-L6-v2", RECIPE), ("paraphrase-MiniLM-L3-v2", RECIPE),
           ("all-MiniLM-L6-v2", {**RECIPE, "lr": 1e-4, "head_lr": 1e-4, "warmup_ratio": 0.1})]
 
 
-def _random_order(lengths, batch_size: int, seed: int):
-    """The loader's order before length grouping: a seeded shuffle (``DataLoader(shuffle=True, generator=...)``)."""
-    import torch
-
-    return torch.utils.data.RandomSampler(range(len(lengths)), generator=torch.Generator().manual_seed(seed))
+#: an arm -> the space's ``batch_order``
+ARMS = {"random": "random", "grouped": "length"}
 
 
-def padding_ratio(task, prepared, batch_size: int, epochs: int) -> float:
+def padding_ratio(task, prepared, batch_size: int, epochs: int, batch_order: str) -> float:
     """Tokens in the padded training batches per real token, over ``epochs`` epochs."""
     padded = real = 0
     for epoch in range(epochs):
-        for inputs, _ in task.batches(prepared, "train", batch_size, train=True, seed=epoch):
+        for inputs, _ in task.batches(prepared, "train", batch_size, train=True, seed=epoch,
+                                      config={"batch_order": batch_order}):
             mask = inputs["attention_mask"]
             padded += mask.numel()
             real += int(mask.sum())
@@ -91,13 +90,10 @@ def main() -> None:
     from autotransfer.budget import DEFAULT_MIN_STEPS, derive_budget
     from autotransfer.tables import load_text_splits
     from autotransfer.tasks import get_task
-    from autotransfer.tasks import text_cls
     from robustness import make_case
 
     transformers.utils.logging.set_verbosity_error()
     task = get_task("text-cls")
-    grouped_order = text_cls.length_grouped_order
-    arms = {"random": _random_order, "grouped": grouped_order}
     cases = []
     for source in args.data.split(","):
         folder = Path(tempfile.mkdtemp(prefix="length-grouping-"))
@@ -114,15 +110,12 @@ def main() -> None:
             row: dict = {"data": f"{source}:{args.rows}", "backbone": model, "lr": config["lr"],
                          "train_examples": len(splits.split("train").labels),
                          "test_examples": len(splits.split("validation").labels)}
-            for arm, order in arms.items():
-                text_cls.length_grouped_order = order
-                try:
-                    epochs = budget.steps(32) * 32 // row["train_examples"] + 1
-                    row[arm] = {"padded_per_real_token": round(padding_ratio(task, prepared[info.name], 32,
-                                                                             epochs), 3),
-                                **run_trial(task, info, prepared[info.name], splits, budget, config)}
-                finally:
-                    text_cls.length_grouped_order = grouped_order
+            for arm, batch_order in ARMS.items():
+                epochs = budget.steps(32) * 32 // row["train_examples"] + 1
+                row[arm] = {"padded_per_real_token": round(padding_ratio(task, prepared[info.name], 32, epochs,
+                                                                         batch_order), 3),
+                            **run_trial(task, info, prepared[info.name], splits, budget,
+                                        {**config, "batch_order": batch_order})}
             row["throughput_ratio"] = round(row["grouped"]["samples_per_s"] / row["random"]["samples_per_s"], 3)
             row["wall_ratio"] = round(row["grouped"]["wall_s"] / row["random"]["wall_s"], 3)
             row["accuracy_difference"] = round(row["grouped"]["final_accuracy"] - row["random"]["final_accuracy"], 4)

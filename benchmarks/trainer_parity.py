@@ -10,11 +10,13 @@ trained by both, on the same SST-2 sample, for several seeds:
 - **trainer**: ``transformers.Trainer`` exactly as ``peer.py`` runs it; the weights it ends
   with are scored on the validation and test sets (validation after every epoch too).
 - **trainer-grouped** (``--sides``): the same Trainer with
-  ``train_sampling_strategy="group_by_length"``, the
-  length-grouped batch order autotransfer trains in; the one training difference tested alone.
+  ``train_sampling_strategy="group_by_length"``, the length-grouped batch order autotransfer
+  trained in by default until 2026-12-07 (``batch_order: length`` since); the one training
+  difference the first runs found, tested alone.
 - **autotransfer**: ``autotransfer.search`` with a one-point space (the same values; the
   head at the backbone's rate, no layer decay), one trial, no recipes, no soup, no step
-  floor (``min_steps=0``), so the trial trains the same 3 epochs; its exported model is
+  floor (``min_steps=0``), so the trial trains the same 3 epochs, in its default batch order
+  (random since 2026-12-07; length-grouped in ``trainer_parity_grouped.json``, fb53ad7); its exported model is
   scored on the test set.  It evaluates ``evals_per_epoch`` times an epoch and exports the
   best evaluation (its normal behaviour); the validation at its last evaluation is written
   too, the figure comparable with the Trainer's final weights.

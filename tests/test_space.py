@@ -46,6 +46,8 @@ def _write(tmp_path, text):
     ("backbones: [a]\nstrategies: [full]\nparams: {scheduler: [linear, step]}",
      "params.scheduler: unknown value 'step' (choose from linear, cosine, constant)"),
     ("backbones: [a]\nstrategies: [full]\nparams: {optimizer: adam}", "params.optimizer: unknown value 'adam'"),
+    ("backbones: [a]\nstrategies: [full]\nparams: {batch_order: sorted}",
+     "params.batch_order: unknown value 'sorted' (choose from random, length)"),
 ])
 def test_bad_spaces_name_the_key(tmp_path, text, needle):
     with pytest.raises(UserError) as err:

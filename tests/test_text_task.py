@@ -74,7 +74,7 @@ def test_missing_folder_and_offline_hub_id_fail_before_any_trial(tmp_path):
         TASK.describe_backbone(str(tmp_path / "empty"), _S())
 
 
-def test_training_batches_group_similar_lengths_and_stay_a_seeded_shuffle(sentiment_dir, tiny_bert):
+def test_training_batches_are_a_seeded_shuffle_unless_the_space_groups_them_by_length(sentiment_dir, tiny_bert):
     import torch
 
     splits = load_text_splits(sentiment_dir)
@@ -84,26 +84,28 @@ def test_training_batches_group_similar_lengths_and_stay_a_seeded_shuffle(sentim
     lengths = data.splits["train"].lengths
     assert lengths.min() < lengths.max()
 
-    def epoch(seed):
+    def epoch(seed, config=None):
         return [(inputs["attention_mask"], labels) for inputs, labels in
-                TASK.batches(data, "train", 16, train=True, seed=seed)]
+                TASK.batches(data, "train", 16, train=True, seed=seed, config=config)]
 
-    def padded_per_real(masks):
-        return sum(m.numel() for m in masks) / sum(int(m.sum()) for m in masks)
+    def padded_per_real(batches):
+        return sum(m.numel() for m, _ in batches) / sum(int(m.sum()) for m, _ in batches)
 
-    first = epoch(0)
-    # every row once per epoch
-    assert sorted(int(n) for m, _ in first for n in m.sum(1)) == sorted(lengths.tolist())
-    assert sum(len(y) for _, y in first) == len(lengths)
-    # less padding than the seeded shuffle the loader used before
+    # the default: the rows of torch's seeded shuffle, 16 at a time (what Trainer's random sampler draws)
     shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
-    random_masks = [torch.ones(len(b), int(lengths[b].max())) for b in
-                    (np.asarray(shuffled[i:i + 16]) for i in range(0, len(shuffled), 16))]
-    for b, m in zip((np.asarray(shuffled[i:i + 16]) for i in range(0, len(shuffled), 16)), random_masks):
-        for row, n in enumerate(lengths[b]):
-            m[row, n:] = 0
-    assert padded_per_real([m for m, _ in first]) < padded_per_real(random_masks)
-    # the same seed gives the same batches (a resumed trial skips exactly the batches it did), another seed not
-    again, other = epoch(0), epoch(1)
-    assert all(torch.equal(a, b) and torch.equal(x, y) for (a, x), (b, y) in zip(first, again))
-    assert any(a.shape != b.shape or not torch.equal(a, b) for (a, _), (b, _) in zip(first, other))
+    default = epoch(0)
+    assert [m.sum(1).tolist() for m, _ in default] == [
+        lengths[shuffled[i:i + 16]].tolist() for i in range(0, len(shuffled), 16)]
+    assert torch.equal(torch.cat([y for _, y in default]), torch.as_tensor(data.splits["train"].labels[shuffled]))
+    assert [m.shape for m, _ in epoch(0, {"batch_order": "random"})] == [m.shape for m, _ in default]
+    grouped = epoch(0, {"batch_order": "length"})
+    # grouped: every row once per epoch, with less padding than the shuffle
+    assert sorted(int(n) for m, _ in grouped for n in m.sum(1)) == sorted(lengths.tolist())
+    assert sum(len(y) for _, y in grouped) == len(lengths)
+    assert padded_per_real(grouped) < padded_per_real(default)
+    # either order: the same seed gives the same batches (a resumed trial skips exactly the batches it did),
+    # another seed not
+    for config in (None, {"batch_order": "length"}):
+        first, again, other = epoch(0, config), epoch(0, config), epoch(1, config)
+        assert all(torch.equal(a, b) and torch.equal(x, y) for (a, x), (b, y) in zip(first, again))
+        assert any(a.shape != b.shape or not torch.equal(a, b) for (a, _), (b, _) in zip(first, other))
