@@ -29,6 +29,7 @@ from autotransfer.backbones import (HubUnavailable, blocks_by_list, find_block_l
 from autotransfer.data import SPLITS, LabeledSplits, Split
 from autotransfer.errors import UserError
 from autotransfer.recipes import Recipe
+from autotransfer.space import TRAINING_DEFAULTS
 from autotransfer.strategies.base import ModelBundle
 from autotransfer.tasks import register_task
 from autotransfer.tasks.base import BackboneInfo, Batch, IndexedCollate, PreparationStats, Task
@@ -142,7 +143,8 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, seed: int) -> lis
                                       generator=torch.Generator().manual_seed(seed))
 
 
-def train_order(lengths: np.ndarray, batch_size: int, seed: int, batch_order: str = "random") -> list[int]:
+def train_order(lengths: np.ndarray, batch_size: int, seed: int,
+                batch_order: str = TRAINING_DEFAULTS["batch_order"]) -> list[int]:
     """A training epoch's order (seeded; a resumed trial gets the same one back): a plain shuffle, as
     ``transformers.Trainer`` and the reference recipes train, unless the space asks for ``batch_order: length``
     (:func:`length_grouped_order`).
@@ -157,7 +159,7 @@ def train_order(lengths: np.ndarray, batch_size: int, seed: int, batch_order: st
 
 
 def _batch_order(config: Optional[Mapping[str, Any]]) -> str:
-    return str((config or {}).get("batch_order", "random"))
+    return str((config or {}).get("batch_order", TRAINING_DEFAULTS["batch_order"]))
 
 
 def window_length(requested: Optional[int], cap: int, train_lengths: np.ndarray) -> int:
@@ -440,7 +442,7 @@ class TextClassification(Task):
 
     @staticmethod
     def _loader(prepared: TokenizedData, split: str, batch_size: int, train: bool, seed: int, pin_memory: bool,
-                collate: Any, batch_order: str = "random") -> DataLoader:
+                collate: Any, batch_order: str) -> DataLoader:
         data = prepared.splits[split]
         if train:
             # generator=: the loader draws its base seed from it, not from the global RNG (dropout's, which a
