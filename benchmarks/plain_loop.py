@@ -6,7 +6,8 @@ batch order (the search's default: seeded random batches; length-grouped before 
 step (fused AdamW), batch size, learning rate, epochs (the search's small-data step floor is turned off:
 ``--min-steps 0``), threads (2) and one validation pass per epoch.  Reports the whole-process
 wall-time ratio (target <= 1.15) and the training-throughput ratio measured inside each process
-over the training steps (target >= 0.95), plus autotransfer's time to first result.  The sides run ``--repeats`` times, alternating; the ratios are of the medians.
+over the training steps (target >= 0.95), plus autotransfer's time to first result.  The sides run
+``--repeats`` times, alternating; the ratios are of the medians.
 
 On a GPU (``--device cuda``) both sides train on the GPU with the same autocast precision
 (bf16 by default), pinned host memory and non-blocking copies; the throughput target there is
