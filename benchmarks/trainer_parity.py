@@ -80,7 +80,8 @@ def trainer_side(backbone: Path, data: Path, out: Path, seed: int, group_by_leng
     per_epoch = [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h]
     pred = trainer.predict(test)
     return {"validation_accuracy": per_epoch[-1], "validation_per_epoch": per_epoch,
-            "test_accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean()),  # in the order it predicted in
+            # scored against the labels in the order it predicted in (its grouped sampler reorders the test rows)
+            "test_accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean()),
             "wall_s": time.perf_counter() - start}
 
 
