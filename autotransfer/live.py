@@ -131,14 +131,14 @@ class LiveLeaderboard(Callback):
         e["error"] = one_line(open(err).read()) if err else "error"
         self._finished(e)
 
-    def _finished(self, e: dict[str, Any]) -> None:
+    def _finished(self, e: dict[str, Any], why: Optional[str] = None) -> None:
         self.decided.add(e["id"])
         if not self.console.is_terminal:
             best = "-" if e["best"] == -math.inf else f"{e['best']:.4f}"
             done = len(self.decided)
             leader = self.records(saved_only=False)[0]
             lead = "-" if leader.best_metric is None else f"{leader.best_metric:.4f}"
-            extra = f" ({e['error']})" if e["error"] else ""
+            extra = f" ({e['error'] or why})" if e["error"] or why else ""
             self.console.print(f"[{done}/{self.num_samples}] {e['id']} {e['backbone']} {e['strategy']}: "
                                f"{e['status']}{extra}, best {self.metric} {best}; leader {lead}",
                                highlight=False, markup=False, soft_wrap=True)
@@ -189,6 +189,14 @@ class LiveLeaderboard(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.unfinished = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+        if not self.interrupted:
+            # Ray Tune's time budget ends the trials still running without on_trial_complete (it
+            # only marks them terminated): they end here, stopped with their best evaluation so far
+            for t in trials:
+                if t.status == "TERMINATED" and t.trial_id in self.trials and t.trial_id not in self.decided:
+                    e = self._entry(t)
+                    e["status"] = finish_status(t.last_result or {}, self.max_iterations)
+                    self._finished(e, why="the time budget ended it")
         self.unsaved.clear()  # Ray saves its state as the experiment ends; the driver writes the results next
 
     def records(self, saved_only: bool = True) -> list[TrialRecord]:

@@ -9,7 +9,9 @@ its round-1 score (ray#6056).  :class:`FidelitySearch` tells Optuna instead:
   what the leaderboard ranks it by);
 - a trial stopped before its end (ASHA, the time budget): ``PRUNED``; its intermediate
   values, reported after every evaluation round, stay with it, so TPE ranks it by how
-  far it got and what it scored there (GPSampler leaves pruned trials out);
+  far it got and what it scored there (GPSampler leaves pruned trials out).  The time
+  budget stops trials without telling the searcher: :func:`settle_study` tells Optuna
+  about those once the search has ended;
 - a trial that failed (its own error, or a worker that died for good): ``FAIL``.
 
 The study lives in an Optuna journal file in the run folder (:func:`study_storage`):
@@ -49,6 +51,28 @@ def load_study(run_dir: Path | str) -> optuna.Study:
     storage = study_storage(path)
     [summary] = optuna.get_all_study_summaries(storage)  # one study per run folder
     return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def settle_study(path: Path) -> int:
+    """End the trials a search left ``RUNNING`` in its study at ``path``; return how many.
+
+    Ray Tune's time budget stops the trials still running without telling the searcher (no
+    ``on_trial_complete``), so Optuna would list them as running for ever.  Call this after a
+    search that ended by itself (not after a Ctrl-C: a resume runs those trials on).  A trial
+    with evaluations becomes ``PRUNED`` (stopped before its end; its intermediate values stay),
+    one stopped before its first evaluation ``FAIL`` (the samplers leave it out), as
+    :func:`outcome` decides for the trials the searcher is told about.
+    """
+    if not path.is_file():
+        return 0
+    storage = study_storage(path)
+    settled = 0
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(t.number, state=TrialState.PRUNED if t.intermediate_values else TrialState.FAIL)
+            settled += 1
+    return settled
 
 
 def outcome(result: Optional[dict[str, Any]], error: bool, best: Optional[float]) -> tuple[TrialState, Optional[float]]:

@@ -375,3 +375,30 @@ def test_a_search_without_a_gpu_skips_the_closing_collection(tmp_path, monkeypat
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
     _refused_search(tmp_path)
     assert collections == [] and emptied == []
+
+
+class _EndedTrial(_Trial):
+    def __init__(self, trial_id: str, iterations: int, status: str = "TERMINATED"):
+        super().__init__(trial_id, iterations)
+        self.status = status
+
+
+def test_trials_the_time_budget_ended_are_shown_ended_and_a_ctrl_c_leaves_them_cut():
+    """Ray Tune's time budget marks the running trials terminated without on_trial_complete: the terminal still
+    prints each one's line (stopped, with its best so far) and counts it decided.  After a Ctrl-C the same
+    trials stay undecided, for the resume to run on."""
+    for interrupted in (False, True):
+        out = io.StringIO()
+        live = LiveLeaderboard("accuracy", max_iterations=4, num_samples=3, console=Console(file=out, width=200))
+        for tid, acc in (("done", 0.7), ("cut", 0.8)):
+            live.on_trial_result(0, [], _Trial(tid, 1), {"accuracy": acc, "epoch": 1.0, "training_iteration": 1})
+        live.on_trial_complete(0, [], _Trial("done", 4))
+        live.interrupted = interrupted
+        live.on_experiment_end([_EndedTrial("done", 4), _EndedTrial("cut", 1), _EndedTrial("never-started", 0)])
+        statuses = {r.trial_id: r.status for r in live.records(saved_only=False)}
+        if interrupted:
+            assert live.undecided() == {"cut"} and "cut" not in out.getvalue()
+        else:
+            assert live.undecided() == set() and statuses == {"done": COMPLETED, "cut": STOPPED}
+            assert "[2/3] cut m full: stopped_early (the time budget ended it), best accuracy 0.8000; leader 0.8000" \
+                in out.getvalue()

@@ -40,3 +40,26 @@ def test_finished_stopped_and_failed_trials_are_told_as_such(tmp_path):
     assert finished.intermediate_values == {1: 0.6, 2: 0.9, 3: 0.8}
     assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 0.55}
     assert failed.state == TrialState.FAIL and failed.intermediate_values == {1: 0.7}
+
+
+def test_trials_the_time_budget_stopped_are_not_left_running_in_the_study(tmp_path):
+    """Ray Tune's time budget stops running trials without telling the searcher: once the search has ended,
+    the study holds them as PRUNED (with the rounds they reported) or, with none, FAIL; never RUNNING."""
+    from autotransfer.searcher import settle_study
+
+    path = tmp_path / "run" / "optuna_study.log"
+    searcher = FidelitySearch(space=_space, metric="accuracy", mode="max", storage=study_storage(path),
+                              study_name="run", sampler=optuna.samplers.RandomSampler(seed=0))
+    for tid in ("finished", "cut", "not-yet-evaluated"):
+        assert searcher.suggest(tid) is not None
+    _report(searcher, "finished", [0.6, 0.7], {FINISHED: True})
+    for i, v in enumerate([0.5, 0.65], 1):  # two rounds, then the budget ended the search
+        searcher.on_trial_result("cut", {"accuracy": v, "training_iteration": i})
+    assert [t.state for t in load_study(tmp_path / "run").trials][1:] == [TrialState.RUNNING] * 2
+
+    assert settle_study(path) == 2
+    finished, cut, empty = load_study(tmp_path / "run").trials
+    assert finished.state == TrialState.COMPLETE and finished.value == 0.7
+    assert cut.state == TrialState.PRUNED and cut.intermediate_values == {1: 0.5, 2: 0.65}
+    assert empty.state == TrialState.FAIL
+    assert settle_study(path) == 0 and settle_study(tmp_path / "no-run" / "optuna_study.log") == 0
