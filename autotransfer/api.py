@@ -425,7 +425,7 @@ class _Search:
         if not (unfinished or live.interrupted):
             from autotransfer.searcher import settle_study
 
-            settle_study(s.study_file)  # the trials the time budget stopped: Ray tells the searcher nothing
+            settle_study(s.output)  # the trials the time budget stopped: Ray tells the searcher nothing
         meta.wall_time_s = time.perf_counter() - t_start
         meta.first_result_s = live.first_result_s
         meta.trial_hours = sum(r.wall_time_s for r in records) / 3600

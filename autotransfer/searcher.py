@@ -53,8 +53,8 @@ def load_study(run_dir: Path | str) -> optuna.Study:
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
 
-def settle_study(path: Path) -> int:
-    """End the trials a search left ``RUNNING`` in its study at ``path``; return how many.
+def settle_study(run_dir: Path | str) -> int:
+    """End the trials a search left ``RUNNING`` in the study of the run in ``run_dir``; return how many.
 
     Ray Tune's time budget stops the trials still running without telling the searcher (no
     ``on_trial_complete``), so Optuna would list them as running for ever.  Call this after a
@@ -63,16 +63,14 @@ def settle_study(path: Path) -> int:
     one stopped before its first evaluation ``FAIL`` (the samplers leave it out), as
     :func:`outcome` decides for the trials the searcher is told about.
     """
-    if not path.is_file():
+    try:
+        study = load_study(run_dir)
+    except FileNotFoundError:
         return 0
-    storage = study_storage(path)
-    settled = 0
-    for summary in optuna.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(t.number, state=TrialState.PRUNED if t.intermediate_values else TrialState.FAIL)
-            settled += 1
-    return settled
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        study.tell(t.number, state=TrialState.PRUNED if t.intermediate_values else TrialState.FAIL)
+    return len(running)
 
 
 def outcome(result: Optional[dict[str, Any]], error: bool, best: Optional[float]) -> tuple[TrialState, Optional[float]]:

@@ -57,9 +57,9 @@ def test_trials_the_time_budget_stopped_are_not_left_running_in_the_study(tmp_pa
         searcher.on_trial_result("cut", {"accuracy": v, "training_iteration": i})
     assert [t.state for t in load_study(tmp_path / "run").trials][1:] == [TrialState.RUNNING] * 2
 
-    assert settle_study(path) == 2
+    assert settle_study(tmp_path / "run") == 2
     finished, cut, empty = load_study(tmp_path / "run").trials
     assert finished.state == TrialState.COMPLETE and finished.value == 0.7
     assert cut.state == TrialState.PRUNED and cut.intermediate_values == {1: 0.5, 2: 0.65}
     assert empty.state == TrialState.FAIL
-    assert settle_study(path) == 0 and settle_study(tmp_path / "no-run" / "optuna_study.log") == 0
+    assert settle_study(tmp_path / "run") == 0 and settle_study(tmp_path / "no-run") == 0
