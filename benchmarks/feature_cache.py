@@ -32,9 +32,10 @@ runs it, on the same SST-2 rows with ``text-cls-local.yaml`` at the CLI's defaul
 with the caches and with ``--no-feature-cache`` -- one trial at a time on both cores
 (``--max-concurrent 1 --cpus-per-trial 2``: the sampler and ASHA then see the same results in
 the same order, so both runs try the same configurations and compare at the same trial budget;
-checked, and said when not).  First with ``--strategies linear_probe,freeze``, then with the
+checked, and said when not: ``same_configs`` compares every trial's parameters in the order the trials started,
+``first_trial_apart`` names the first whose configuration or validation curve differs).  First with ``--strategies linear_probe,freeze``, then with the
 shipped strategies (``--search-cases`` runs one of the two).  Per run: wall time, the trials
-(strategy, freeze depth, seconds, what the cache did), the share of linear probes and deep freezes (depth >= half the blocks), and
+in start order (strategy, freeze depth, parameters, seconds, validation curve, what the cache did), the share of linear probes and deep freezes (depth >= half the blocks), and
 the export's test accuracy.  Target (issue #16): search wall time <= 0.7x when a quarter or
 more of the trials are linear probes or deep freezes.
 
@@ -169,10 +170,12 @@ def search_case(folder: Path, strategies: list[str] | None, seed: int, task: str
             deep = t["strategy"] == "linear_probe" or (t["strategy"] == "freeze" and depth is not None
                                                        and n is not None and depth >= n / 2)
             last = t.get("last_metrics") or {}
-            trials.append({"backbone": Path(t["backbone"]).name, "strategy": t["strategy"], "freeze_depth": depth,
+            trials.append({"trial_id": t["trial_id"], "backbone": Path(t["backbone"]).name, "strategy": t["strategy"],
+                           "freeze_depth": depth, "params": t["params"],
                            "deep": deep, "status": t["status"], "seconds": round(t["wall_time_s"], 1),
-                           "best_metric": t["best_metric"],
+                           "best_metric": t["best_metric"], "history": t.get("history"),
                            "cache": last.get("prefix_cache", last.get("cached_features"))})
+        trials.sort(key=lambda t: t["trial_id"])  # the order they were started in (Ray numbers them), not the ranking
         runs[side] = {"wall_s": round(wall, 1), "trials": trials,
                       "trial_seconds": round(sum(t["seconds"] for t in trials), 1),
                       "features_once_s": (results.get("prerank") or {}).get("seconds"),
@@ -182,10 +185,17 @@ def search_case(folder: Path, strategies: list[str] | None, seed: int, task: str
         print(json.dumps({"strategies": strategies or "shipped", side: runs[side]}), flush=True)
     key = [(t["backbone"], t["strategy"], t["freeze_depth"]) for t in runs["cached"]["trials"]]
     same = key == [(t["backbone"], t["strategy"], t["freeze_depth"]) for t in runs["uncached"]["trials"]]
+    # trial by trial in start order: the same configuration, and then the same validation curve?
+    pairs = list(zip(runs["cached"]["trials"], runs["uncached"]["trials"]))
+    same_configs = len(runs["cached"]["trials"]) == len(runs["uncached"]["trials"]) and all(
+        (a["backbone"], a["strategy"], a["params"]) == (b["backbone"], b["strategy"], b["params"]) for a, b in pairs)
+    first_apart = next((i for i, (a, b) in enumerate(pairs) if (a["backbone"], a["strategy"], a["params"], a["history"])
+                        != (b["backbone"], b["strategy"], b["params"], b["history"])), None)
     deep = sum(t["deep"] for t in runs["cached"]["trials"]) / len(runs["cached"]["trials"])
     return {"task": task, "space": space.name, "options": list(options),
             "strategies": " ".join(strategies) if strategies else f"shipped ({space.name})", **runs,
-            "same_trials": same, "deep_share": round(deep, 3),
+            "same_trials": same, "same_configs": same_configs, "first_trial_apart": first_apart,
+            "deep_share": round(deep, 3),
             "ratio_wall": runs["cached"]["wall_s"] / runs["uncached"]["wall_s"],
             "ratio_trial_seconds": runs["cached"]["trial_seconds"] / runs["uncached"]["trial_seconds"]}
 
@@ -194,7 +204,8 @@ def search_summary(c: dict) -> dict:
     """One search case's line in the summary: its ratios against the target (which applies when a quarter or more
     of the trials are linear probes or deep freezes)."""
     return {"task": c["task"], "strategies": c["strategies"], "options": c["options"], "deep_share": c["deep_share"],
-            "same_trials": c["same_trials"], "ratio_wall": round(c["ratio_wall"], 3),
+            "same_trials": c["same_trials"], "same_configs": c["same_configs"],
+            "first_trial_apart": c["first_trial_apart"], "ratio_wall": round(c["ratio_wall"], 3),
             "ratio_trial_seconds": round(c["ratio_trial_seconds"], 3), "target_ratio_wall": 0.7,
             "met": (c["ratio_wall"] <= 0.7) if c["deep_share"] >= 0.25 else None}
 
