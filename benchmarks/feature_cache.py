@@ -32,11 +32,12 @@ runs it, on the same SST-2 rows with ``text-cls-local.yaml`` at the CLI's defaul
 with the caches and with ``--no-feature-cache`` -- one trial at a time on both cores
 (``--max-concurrent 1 --cpus-per-trial 2``: the sampler and ASHA then see the same results in
 the same order, so both runs try the same configurations and compare at the same trial budget;
-checked, and said when not: ``same_configs`` says whether both tried the same set of configurations, parameters
-included, and ``curves_apart`` lists the configurations both tried whose validation curves differ).  First with ``--strategies linear_probe,freeze``, then with the
+checked, and said when not: ``same_configs`` says whether both tried the same set of
+configurations, parameters included, and ``curves_apart`` lists the configurations both tried
+whose validation curves differ).  First with ``--strategies linear_probe,freeze``, then with the
 shipped strategies (``--search-cases`` runs one of the two).  Per run: wall time, the trials
-(strategy, freeze depth, parameters, seconds, validation curve, what the cache did), the share of linear probes and deep freezes (depth >= half the blocks), and
-the export's test accuracy.  Target (issue #16): search wall time <= 0.7x when a quarter or
+(strategy, freeze depth, parameters, seconds, validation curve, what the cache did), the share
+of linear probes and deep freezes (depth >= half the blocks), and the export's test accuracy.  Target (issue #16): search wall time <= 0.7x when a quarter or
 more of the trials are linear probes or deep freezes.
 
 ``--part search-images`` does the same on ants vs bees (all its images), ``image-cls-local.yaml``
@@ -191,7 +192,8 @@ def search_case(folder: Path, strategies: list[str] | None, seed: int, task: str
 
     uncached = {config(t): t for t in runs["uncached"]["trials"]}
     same_configs = sorted(map(config, runs["cached"]["trials"])) == sorted(uncached)
-    curves_apart = [{"config": json.loads(config(t)), "cached": t["history"], "uncached": uncached[config(t)]["history"]}
+    curves_apart = [{"config": json.loads(config(t)), "cached": t["history"],
+                     "uncached": uncached[config(t)]["history"]}
                     for t in runs["cached"]["trials"]
                     if config(t) in uncached and t["history"] != uncached[config(t)]["history"]]
     deep = sum(t["deep"] for t in runs["cached"]["trials"]) / len(runs["cached"]["trials"])
