@@ -37,8 +37,9 @@ configurations, parameters included, and ``curves_apart`` lists the configuratio
 whose validation curves differ).  First with ``--strategies linear_probe,freeze``, then with the
 shipped strategies (``--search-cases`` runs one of the two).  Per run: wall time, the trials
 (strategy, freeze depth, parameters, seconds, validation curve, what the cache did), the share
-of linear probes and deep freezes (depth >= half the blocks), and the export's test accuracy.  Target (issue #16): search wall time <= 0.7x when a quarter or
-more of the trials are linear probes or deep freezes.
+of linear probes and deep freezes (depth >= half the blocks), and the export's test accuracy.
+Target (issue #16): search wall time <= 0.7x when a quarter or more of the trials are linear
+probes or deep freezes.
 
 ``--part search-images`` does the same on ants vs bees (all its images), ``image-cls-local.yaml``
 with ``augment: [none]`` (the replay needs a deterministic input) and ``--strategies
